@@ -1,0 +1,1 @@
+"""Configuration of the platform: jupyterhub_config.py for the embedded default."""

@@ -1,0 +1,250 @@
+"""`mlp serve`: the platform's control plane, run by JupyterHub as the managed service "mlp"."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
+from tornado import web
+from traitlets import Dict, Float, Integer, List, Type, Unicode, Union, default, validate
+from traitlets.config import Application
+
+from mlp import __version__
+from mlp.backends.base import JobBackend
+from mlp.backends.local import LocalProcessBackend
+from mlp.handlers import HomeHandler, route_table
+from mlp.manager import JobManager, ManagerSettings
+from mlp.openapi import build_openapi
+from mlp.scheduling.resources import parse_cpu, parse_memory
+from mlp.spec import TaskSpec
+from mlp.store import Store
+
+
+def default_data_dir() -> str:
+    return os.environ.get("MLP_DATA_DIR") or str(Path.home() / ".local" / "share" / "mlp")
+
+
+class MLPService(Application):
+    name = "mlp"
+    description = "The mlp control plane: job store, queue and backends, behind a REST API."
+    version = __version__
+
+    classes = [LocalProcessBackend]
+
+    aliases = {
+        "config": "MLPService.config_file",
+        "data-dir": "MLPService.data_dir",
+        "port": "MLPService.port",
+        "log-level": "Application.log_level",
+    }
+
+    config_file = Unicode(
+        "",
+        config=True,
+        help="""A traitlets config file to load, usually the hub's jupyterhub_config.py, so one
+        file configures the whole platform (`c.MLPService.*`, `c.LocalProcessBackend.*`).""",
+    )
+    data_dir = Unicode(
+        config=True,
+        help="""Where the platform keeps its state: the job database and one folder per user
+        (<data_dir>/users/<name>, where notebooks and jobs run). Default: $MLP_DATA_DIR or
+        ~/.local/share/mlp.""",
+    )
+
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        return default_data_dir()
+
+    db_url = Unicode(
+        config=True,
+        help="""SQLAlchemy URL of the job store. Default: SQLite at <data_dir>/mlp.sqlite.
+        Migrations (Alembic) run at start.""",
+    )
+
+    @default("db_url")
+    def _default_db_url(self) -> str:
+        return f"sqlite:///{Path(self.data_dir) / 'mlp.sqlite'}"
+
+    ip = Unicode(config=True, help="Address to listen on (default: from JUPYTERHUB_SERVICE_URL).")
+    port = Integer(config=True, help="Port to listen on (default: from JUPYTERHUB_SERVICE_URL).")
+
+    @default("ip")
+    def _default_ip(self) -> str:
+        return (
+            urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")).hostname
+            or "127.0.0.1"
+        )
+
+    @default("port")
+    def _default_port(self) -> int:
+        return (
+            urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")).port
+            or 10101
+        )
+
+    base_url = Unicode(
+        config=True, help="URL prefix the service is served under (from JupyterHub's env)."
+    )
+
+    @default("base_url")
+    def _default_base_url(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/mlp/")
+
+    backend_class = Type(
+        LocalProcessBackend,
+        klass=JobBackend,
+        config=True,
+        help="""Where job tasks run: LocalProcessBackend (embedded default, local processes)
+        or a Kubernetes backend.""",
+    )
+    runtimes = Dict(
+        value_trait=Union([Unicode(), List(Unicode())]),
+        config=True,
+        help="""Named Python environments jobs can select with `runtime:`, as an interpreter
+        path or command list, e.g. {"tf-2.21": "/opt/envs/tf221/bin/python"}. The default
+        runtime is always available and is this service's own interpreter unless set here.""",
+    )
+
+    @validate("runtimes")
+    def _validate_runtimes(self, proposal: Any) -> dict[str, Any]:
+        value = dict(proposal["value"])
+        for name, cmd in value.items():
+            if not cmd:
+                raise ValueError(f"MLPService.runtimes[{name!r}] is empty")
+        return value
+
+    default_runtime = Unicode("default", config=True, help="Runtime used when a job names none.")
+    poll_interval = Float(0.5, config=True, help="Seconds between checks of running jobs' tasks.")
+    default_task_cpu = Unicode("1", config=True, help="CPU per task when a job gives none.")
+    default_task_memory = Unicode(
+        "2Gi", config=True, help="Memory per task when a job gives none (e.g. 2Gi)."
+    )
+    default_max_runtime = Float(
+        86400.0, config=True, help="Seconds a job may run when it declares no max_runtime."
+    )
+    max_runtime_limit = Float(
+        7 * 86400.0,
+        allow_none=True,
+        config=True,
+        help="Largest max_runtime a job may declare, in seconds (None: no limit).",
+    )
+    admin_scope = Unicode(
+        "custom:mlp:admin",
+        config=True,
+        help="""The JupyterHub scope that makes a token an mlp admin (may see and cancel every
+        user's jobs). hub_config grants it to the hub's admin users through a role.""",
+    )
+    sse_keepalive_interval = Float(
+        15.0, config=True, help="Seconds between keep-alive comments on idle event streams."
+    )
+    sse_poll_interval = Float(
+        0.25, config=True, help="Seconds between reads of log files while following them."
+    )
+
+    def initialize(self, argv: list[str] | None = None) -> None:
+        super().initialize(argv)
+        if self.config_file:
+            self.load_config_file(self.config_file)
+            # Command-line options win over the file, as in JupyterHub.
+            if self.cli_config:
+                self.update_config(self.cli_config)
+        self.log.setLevel(self.log_level)
+        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        self.store = Store(self.db_url)
+        self.backend = self.backend_class(parent=self, log=self.log)
+        if isinstance(self.backend, LocalProcessBackend) and not self.backend.data_dir:
+            self.backend.data_dir = self.data_dir
+        runtimes = {
+            name: [cmd] if isinstance(cmd, str) else list(cmd)
+            for name, cmd in self.runtimes.items()
+        }
+        runtimes.setdefault("default", [sys.executable])
+        if self.default_runtime not in runtimes:
+            raise ValueError(
+                f"MLPService.default_runtime {self.default_runtime!r} is not one of "
+                f"the configured runtimes: {', '.join(sorted(runtimes))}"
+            )
+        settings = ManagerSettings(
+            runtimes=runtimes,
+            default_runtime=self.default_runtime,
+            poll_interval=self.poll_interval,
+            default_task=TaskSpec(
+                1, parse_cpu(self.default_task_cpu), parse_memory(self.default_task_memory), 0
+            ),
+            default_max_runtime=self.default_max_runtime,
+            max_runtime_limit=self.max_runtime_limit,
+        )
+        self.manager = JobManager(self.store, self.backend, settings, log=self.log)
+
+    def make_app(self) -> web.Application:
+        prefix = self.base_url.rstrip("/")
+        api_prefix = f"{prefix}/api/v1"
+        hub_auth = HubOAuth(cache_max_age=30)
+        handlers: list[Any] = [
+            (rf"{prefix}/?", HomeHandler),
+            (rf"{prefix}/oauth_callback", HubOAuthCallbackHandler),
+            *route_table(api_prefix),
+        ]
+        return web.Application(
+            handlers,
+            hub_auth=hub_auth,
+            cookie_secret=os.urandom(32),
+            mlp_manager=self.manager,
+            admin_scope=self.admin_scope,
+            api_prefix=api_prefix,
+            openapi=build_openapi(api_prefix, self.version),
+            sse_keepalive_interval=self.sse_keepalive_interval,
+            sse_poll_interval=self.sse_poll_interval,
+            log_function=self._log_request,
+        )
+
+    def _log_request(self, handler: web.RequestHandler) -> None:
+        status = handler.get_status()
+        level = logging.INFO if status < 400 else logging.WARNING
+        if status >= 500:
+            level = logging.ERROR
+        self.log.log(
+            level,
+            "%d %s %s %.1fms",
+            status,
+            handler.request.method,
+            handler.request.uri,
+            1000 * handler.request.request_time(),
+        )
+
+    async def serve(self) -> None:
+        app = self.make_app()
+        server = app.listen(self.port, self.ip, xheaders=True)
+        self.manager.start()
+        self.log.info(
+            "mlp %s serving at http://%s:%d%s (data in %s)",
+            self.version,
+            self.ip,
+            self.port,
+            self.base_url,
+            self.data_dir,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        self.log.info("mlp stopping; running jobs keep running and are adopted at next start")
+        server.stop()
+        await self.manager.stop()
+
+    def start(self) -> None:
+        asyncio.run(self.serve())
+
+
+def main(argv: list[str] | None = None) -> None:
+    app = MLPService()
+    app.initialize(argv)
+    app.start()

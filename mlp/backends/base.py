@@ -1,0 +1,105 @@
+"""The small interface every job backend implements: submit, cancel, observe, adopt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from traitlets import Float
+from traitlets.config import LoggingConfigurable
+
+from mlp.spec import JobSpec
+
+
+@dataclass
+class JobLaunch:
+    """Everything a backend needs to start one job's tasks."""
+
+    job_id: int
+    user: str
+    spec: JobSpec
+    python: list[str]  # the runtime's interpreter command, e.g. ["/usr/bin/python3"]
+    attempt: int = 1
+
+
+@dataclass
+class TaskStatus:
+    name: str  # "worker:0"
+    type: str
+    index: int
+    running: bool
+    exit_code: int | None = None  # None while running or when unknown
+    signal: int | None = None  # set when the task was killed by a signal
+    pid: int | None = None
+    address: str | None = None
+
+    def describe_exit(self) -> str:
+        if self.signal is not None:
+            return f"was killed by signal {self.signal}"
+        if self.exit_code is None:
+            return "is gone without an exit status"
+        return f"exited with code {self.exit_code}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "index": self.index,
+            "state": "running" if self.running else "exited",
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "pid": self.pid,
+            "address": self.address,
+        }
+
+
+@dataclass
+class Observation:
+    """A snapshot of a job's tasks, as the backend sees them now."""
+
+    tasks: list[TaskStatus] = field(default_factory=list)
+    lost: str | None = None  # set when the backend cannot find the job's tasks any more
+
+
+class SetupError(RuntimeError):
+    """The job could not be started (source missing, git clone failed...): a user-facing reason."""
+
+    backend_state: dict[str, Any] | None = None
+
+
+class JobBackend(LoggingConfigurable):
+    """Runs the tasks of jobs. Subclasses: LocalProcessBackend (embedded default), Kubernetes.
+
+    `backend_state` is a JSON-able dict the backend returns from `submit` and gets back in every
+    other call; the service stores it so that `adopt` can find the tasks again after a restart.
+    """
+
+    stop_grace_period = Float(
+        10.0,
+        config=True,
+        help="""Seconds between SIGTERM and SIGKILL when stopping a job's tasks (cancel,
+        timeout, end of a parameter-server job). Training code can use them to checkpoint.""",
+    )
+
+    async def submit(self, launch: JobLaunch) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def observe_job(self, job_id: int, backend_state: dict[str, Any]) -> Observation:
+        raise NotImplementedError
+
+    async def stop(
+        self, job_id: int, backend_state: dict[str, Any], tasks: list[str] | None = None
+    ) -> None:
+        """Stop all (or the named) tasks: SIGTERM, grace period, SIGKILL."""
+        raise NotImplementedError
+
+    def adopt(self, job_id: int, backend_state: dict[str, Any]) -> Observation:
+        """Find a job's tasks again after a service restart; `lost` says why when it cannot."""
+        raise NotImplementedError
+
+    def log_paths(self, job_id: int, backend_state: dict[str, Any]) -> dict[str, str]:
+        """Task name -> log file (local backends) for the logs API."""
+        raise NotImplementedError
+
+    def job_env(self, job_id: int, backend_state: dict[str, Any]) -> dict[str, str]:
+        return {}

@@ -1,0 +1,297 @@
+"""The job manager: the only writer of job state. It admits queued jobs, starts them through the
+backend, watches their tasks, and applies the state machine's outcomes (success, failure with the
+task and exit code, timeout, cancel, adoption after a restart)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mlp.backends.base import JobBackend, JobLaunch, Observation, SetupError
+from mlp.spec import JobSpec, TaskSpec, validate_spec
+from mlp.states import JobState, TransitionError
+from mlp.store import Job, Store
+
+
+class JobNotFound(KeyError):
+    pass
+
+
+class RuntimeNotConfigured(ValueError):
+    pass
+
+
+@dataclass
+class ManagerSettings:
+    runtimes: dict[str, list[str]]
+    default_runtime: str
+    poll_interval: float
+    default_task: TaskSpec
+    default_max_runtime: float
+    max_runtime_limit: float | None
+
+
+def spec_from_job(job: Job) -> JobSpec:
+    """Rebuild the validated spec from what the store holds (it was validated at submit)."""
+    return validate_spec(job.spec)
+
+
+class JobManager:
+    def __init__(
+        self,
+        store: Store,
+        backend: JobBackend,
+        settings: ManagerSettings,
+        log: logging.Logger | None = None,
+    ):
+        self.store = store
+        self.backend = backend
+        self.settings = settings
+        self.log = log or logging.getLogger("mlp.manager")
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._busy: set[int] = set()  # jobs with a start/stop in flight
+        self._background: set[asyncio.Task[Any]] = set()
+        # Subscribers to state changes (server-sent events): job id -> queues.
+        self._watchers: dict[int, set[asyncio.Queue[Job]]] = {}
+
+    # ---------------------------------------------------------------- public API
+    def validate(self, raw: Any) -> JobSpec:
+        spec = validate_spec(
+            raw,
+            default_task=self.settings.default_task,
+            default_max_runtime=self.settings.default_max_runtime,
+            max_runtime_limit=self.settings.max_runtime_limit,
+        )
+        runtime = spec.runtime or self.settings.default_runtime
+        if runtime not in self.settings.runtimes:
+            raise RuntimeNotConfigured(
+                f"runtime {runtime!r} is not configured; available: "
+                f"{', '.join(sorted(self.settings.runtimes))}"
+            )
+        return spec
+
+    def submit(self, user: str, raw: Any) -> Job:
+        spec = self.validate(raw)
+        job = self.store.create_job(user, spec.name, spec.to_dict(), reason=f"submitted by {user}")
+        self.log.info(
+            "job %s (%s) submitted by %s: %s", job.id, spec.name, user, spec.describe_tasks()
+        )
+        self.kick()
+        return job
+
+    def get(self, job_id: int) -> Job:
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    async def cancel(self, job_id: int, by: str) -> Job:
+        job = self.get(job_id)
+        state = job.job_state
+        if state.terminal:
+            return job
+        reason = f"cancelled by {by}"
+        if state in (JobState.QUEUED, JobState.PREEMPTED):
+            return self._transition(job, JobState.CANCELLED, reason)
+        return await self._finish(job, JobState.CANCELLED, reason)
+
+    def subscribe(self, job_id: int) -> asyncio.Queue[Job]:
+        q: asyncio.Queue[Job] = asyncio.Queue(maxsize=100)
+        self._watchers.setdefault(job_id, set()).add(q)
+        return q
+
+    def unsubscribe(self, job_id: int, q: asyncio.Queue[Job]) -> None:
+        watchers = self._watchers.get(job_id)
+        if watchers is not None:
+            watchers.discard(q)
+            if not watchers:
+                del self._watchers[job_id]
+
+    def observe(self, job: Job) -> Observation:
+        if not job.backend_state:
+            return Observation()
+        return self.backend.observe_job(job.id, job.backend_state)
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self.adopt_all()
+        self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        # Jobs keep running while the service is away; the next start adopts them.
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    def adopt_all(self) -> None:
+        """After a restart: re-attach to running jobs, or fail them; never leave them Running."""
+        for job in self.store.list_jobs(states=[JobState.STARTING, JobState.RUNNING]):
+            obs = self.backend.adopt(job.id, job.backend_state or {})
+            if obs.lost:
+                self.log.warning("job %s: %s", job.id, obs.lost)
+                if job.backend_state:
+                    self._spawn(self.backend.stop(job.id, job.backend_state))
+                self._transition(job, JobState.FAILED, obs.lost)
+            elif job.job_state == JobState.STARTING:
+                self._transition(job, JobState.RUNNING, "adopted after a service restart")
+            else:
+                self.log.info("job %s adopted after restart (%d tasks)", job.id, len(obs.tasks))
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                self.log.exception("job manager pass failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+            self._wake.clear()
+
+    async def tick(self) -> None:
+        """One pass: admit queued jobs, then check every active job's tasks."""
+        for job in reversed(self.store.list_jobs(states=[JobState.QUEUED])):
+            if job.id not in self._busy:
+                self._busy.add(job.id)
+                self._spawn(self._start(job))
+        now = time.time()
+        for job in self.store.list_jobs(states=[JobState.RUNNING]):
+            if job.id in self._busy:
+                continue
+            started = job.started_at or job.updated_at
+            max_runtime = float(job.spec.get("max_runtime", self.settings.default_max_runtime))
+            if now - started > max_runtime:
+                self._busy.add(job.id)
+                self._spawn(
+                    self._finish(
+                        job, JobState.TIMED_OUT, f"exceeded its max_runtime of {max_runtime:g} s"
+                    )
+                )
+                continue
+            self._check(job)
+
+    # ---------------------------------------------------------------- internals
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _transition(self, job: Job, target: JobState, reason: str, **fields: Any) -> Job:
+        """Apply a transition; a job that already ended (e.g. cancelled meanwhile) stays ended."""
+        try:
+            job = self.store.transition(job.id, target, reason, **fields)
+        except TransitionError as e:
+            self.log.info("job %s: not moving to %s: %s", job.id, target.value, e)
+            return self.get(job.id)
+        self.log.info("job %s -> %s: %s", job.id, target.value, reason)
+        for q in list(self._watchers.get(job.id, ())):
+            if not q.full():
+                q.put_nowait(job)
+        return job
+
+    async def _start(self, job: Job) -> None:
+        try:
+            job = self._transition(job, JobState.STARTING, "admitted; preparing source and tasks")
+            if job.job_state != JobState.STARTING:
+                return
+            spec = spec_from_job(job)
+            runtime = spec.runtime or self.settings.default_runtime
+            python = self.settings.runtimes.get(runtime)
+            if python is None:
+                self._transition(
+                    job,
+                    JobState.FAILED,
+                    f"runtime {runtime!r} is no longer configured on this platform",
+                )
+                return
+            launch = JobLaunch(
+                job_id=job.id, user=job.user, spec=spec, python=python, attempt=job.attempt
+            )
+            try:
+                state = await self.backend.submit(launch)
+            except SetupError as e:
+                self._transition(job, JobState.FAILED, str(e), backend_state=e.backend_state)
+                return
+            except OSError as e:
+                self._transition(job, JobState.FAILED, f"could not start the job's tasks: {e}")
+                return
+            current = self.get(job.id)
+            if current.job_state != JobState.STARTING:
+                # Cancelled while starting: the tasks we just launched must not outlive it.
+                await self.backend.stop(job.id, state)
+                self.store.update(job.id, backend_state=state)
+                return
+            self._transition(
+                job,
+                JobState.RUNNING,
+                f"{len(state['tasks'])} tasks running: {spec.describe_tasks()}",
+                backend_state=state,
+            )
+        finally:
+            self._busy.discard(job.id)
+            self.kick()
+
+    def _check(self, job: Job) -> None:
+        obs = self.observe(job)
+        if not obs.tasks:
+            return
+        has_ps = any(t.type == "ps" for t in obs.tasks)
+        for t in obs.tasks:
+            if t.running:
+                continue
+            if t.exit_code != 0 or t.signal is not None:
+                self._busy.add(job.id)
+                self._spawn(
+                    self._finish(
+                        job,
+                        JobState.FAILED,
+                        f"task {t.name} {t.describe_exit()}; see its log: mlp logs {job.id} "
+                        f"--task {t.name}",
+                    )
+                )
+                return
+            if t.type == "ps":
+                self._busy.add(job.id)
+                self._spawn(
+                    self._finish(
+                        job,
+                        JobState.FAILED,
+                        f"parameter server {t.name} exited before the training finished",
+                    )
+                )
+                return
+        # With parameter servers the chief's program is the training: ps and workers serve it
+        # forever and are stopped once it is done. Without them every task trains to the end.
+        done_roles = {"chief"} if has_ps else {"chief", "worker"}
+        finishing = [t for t in obs.tasks if t.type in done_roles]
+        if finishing and all(not t.running and t.exit_code == 0 for t in finishing):
+            self._busy.add(job.id)
+            self._spawn(
+                self._finish(
+                    job,
+                    JobState.SUCCEEDED,
+                    "chief finished" if has_ps else "all tasks finished",
+                )
+            )
+
+    async def _finish(self, job: Job, target: JobState, reason: str) -> Job:
+        try:
+            current = self.get(job.id)
+            if current.job_state.terminal:
+                return current
+            if current.backend_state:
+                await self.backend.stop(job.id, current.backend_state)
+            current = self.get(job.id)
+            if current.job_state.terminal:
+                return current
+            return self._transition(current, target, reason)
+        finally:
+            self._busy.discard(job.id)

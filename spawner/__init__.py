@@ -1,0 +1,1 @@
+"""Spawners: the local quota spawner (embedded default) and QuotaKubeSpawner."""
