@@ -1,0 +1,97 @@
+"""Per-id initializers: the value a row gets the first time its id is seen.
+
+Keras initializers draw one random tensor per call; a dynamic table needs a value that is a
+function of the id alone (pull and push may run in different processes, a restore may move the id
+to another shard). These initializers derive their randomness from `hashing.uniform01(id, seed)`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import tensorflow as tf
+
+from vlps.hashing import uniform01
+
+
+class Initializer:
+    """Base class: `__call__(ids, dim)` returns float32 [len(ids), dim]."""
+
+    def __call__(self, ids: tf.Tensor, dim: int) -> tf.Tensor:
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        return {"class": type(self).__name__, **vars(self)}
+
+
+class Zeros(Initializer):
+    def __call__(self, ids: tf.Tensor, dim: int) -> tf.Tensor:
+        return tf.zeros([tf.shape(ids)[0], dim], tf.float32)
+
+
+class Constant(Initializer):
+    def __init__(self, value: float = 0.0) -> None:
+        self.value = float(value)
+
+    def __call__(self, ids: tf.Tensor, dim: int) -> tf.Tensor:
+        return tf.fill([tf.shape(ids)[0], dim], tf.constant(self.value, tf.float32))
+
+
+class RandomUniform(Initializer):
+    """Uniform in [minval, maxval); the default (-0.05, 0.05) matches keras.layers.Embedding."""
+
+    def __init__(self, minval: float = -0.05, maxval: float = 0.05, seed: int = 0) -> None:
+        if not maxval > minval:
+            raise ValueError(f"RandomUniform needs maxval > minval, got {minval}, {maxval}")
+        self.minval, self.maxval, self.seed = float(minval), float(maxval), int(seed)
+
+    def __call__(self, ids: tf.Tensor, dim: int) -> tf.Tensor:
+        u = uniform01(ids, self.seed, dim)
+        return self.minval + (self.maxval - self.minval) * u
+
+
+class RandomNormal(Initializer):
+    def __init__(self, mean: float = 0.0, stddev: float = 0.05, seed: int = 0) -> None:
+        self.mean, self.stddev, self.seed = float(mean), float(stddev), int(seed)
+
+    def __call__(self, ids: tf.Tensor, dim: int) -> tf.Tensor:
+        u = uniform01(ids, self.seed, dim)
+        return self.mean + self.stddev * tf.math.ndtri(u)
+
+
+class TruncatedNormal(Initializer):
+    """Normal truncated to two standard deviations, by inverse CDF (no rejection loop)."""
+
+    def __init__(self, mean: float = 0.0, stddev: float = 0.05, seed: int = 0) -> None:
+        self.mean, self.stddev, self.seed = float(mean), float(stddev), int(seed)
+
+    def __call__(self, ids: tf.Tensor, dim: int) -> tf.Tensor:
+        lo = 0.5 * (1.0 + math.erf(-2.0 / math.sqrt(2.0)))
+        u = lo + (1.0 - 2.0 * lo) * uniform01(ids, self.seed, dim)
+        return self.mean + self.stddev * tf.math.ndtri(u)
+
+
+_BY_NAME: dict[str, type[Initializer]] = {
+    "zeros": Zeros,
+    "constant": Constant,
+    "uniform": RandomUniform,
+    "random_uniform": RandomUniform,
+    "normal": RandomNormal,
+    "random_normal": RandomNormal,
+    "truncated_normal": TruncatedNormal,
+}
+
+
+def get(spec: str | Initializer | None) -> Initializer:
+    """An initializer from a name ("zeros", "uniform", "normal", ...) or an instance."""
+    if spec is None:
+        return RandomUniform()
+    if isinstance(spec, Initializer):
+        return spec
+    if isinstance(spec, str) and spec.lower() in _BY_NAME:
+        return _BY_NAME[spec.lower()]()
+    raise ValueError(
+        f"unknown vlps initializer {spec!r}: use one of {sorted(_BY_NAME)} or a "
+        "vlps.initializers.Initializer instance (Keras initializers are not per-id)"
+    )

@@ -1,0 +1,242 @@
+"""`DynamicEmbedding`, the Keras 3 layer over an `EmbeddingTable`, and the gradient capture
+that turns a forward pass into per-table sparse pushes.
+
+The layer de-duplicates the batch's ids, pulls each unique id once and gathers. Under
+`capture(tape)` it also records (table, unique ids, pulled embeddings) and watches the pulled
+tensor, so `tape.gradient` yields one gradient row per unique id, already summed over the
+id's occurrences; `apply_sparse_gradients` pushes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from vlps.hashing import hash_strings
+from vlps.table import Admission, EmbeddingTable, Eviction
+
+_local = threading.local()
+
+
+@dataclass
+class Capture:
+    """Pulled embeddings of one forward pass, in call order."""
+
+    tape: tf.GradientTape
+    records: list[tuple[EmbeddingTable, tf.Tensor, tf.Tensor]] = field(default_factory=list)
+
+    @property
+    def pulled(self) -> list[tf.Tensor]:
+        return [r[2] for r in self.records]
+
+
+@contextlib.contextmanager
+def capture(tape: tf.GradientTape) -> Iterator[Capture]:
+    """Record the pulls of DynamicEmbedding layers called inside, for `tape.gradient`."""
+    cap = Capture(tape)
+    prev = getattr(_local, "capture", None)
+    _local.capture = cap
+    try:
+        yield cap
+    finally:
+        _local.capture = prev
+
+
+def _serving_tables() -> dict[str, Any]:
+    return getattr(_local, "serving", None) or {}
+
+
+@contextlib.contextmanager
+def serving_tables(tables: dict[str, Any]) -> Iterator[None]:
+    """Make DynamicEmbedding layers read these frozen tables (by table name); used by export."""
+    prev = getattr(_local, "serving", None)
+    _local.serving = tables
+    try:
+        yield
+    finally:
+        _local.serving = prev
+
+
+def _record(table: EmbeddingTable, ids: tf.Tensor, emb: tf.Tensor) -> None:
+    cap: Capture | None = getattr(_local, "capture", None)
+    if cap is not None:
+        cap.tape.watch(emb)
+        cap.records.append((table, ids, emb))
+
+
+def apply_sparse_gradients(cap: Capture, grads: list[Any], step: tf.Tensor) -> None:
+    """Push the gradients of `cap.pulled` (same order): one push per table, per-id sums."""
+    by_table: dict[int, tuple[EmbeddingTable, list[tf.Tensor], list[tf.Tensor]]] = {}
+    for (table, ids, _), g in zip(cap.records, grads, strict=True):
+        if g is None:
+            continue
+        g = tf.convert_to_tensor(g)
+        entry = by_table.setdefault(id(table), (table, [], []))
+        entry[1].append(ids)
+        entry[2].append(g)
+    for table, ids_list, g_list in by_table.values():
+        if len(ids_list) == 1:
+            table.push(ids_list[0], g_list[0], step)
+            continue
+        # A table shared by several layers: aggregate per unique id across them first.
+        ids = tf.concat(ids_list, 0)
+        unique, idx = tf.unique(ids)
+        g = tf.math.unsorted_segment_sum(tf.concat(g_list, 0), idx, tf.size(unique))
+        table.push(unique, g, step)
+
+
+class DynamicEmbedding(keras.layers.Layer):
+    """Embedding without a vocabulary: int64 (or string) ids, rows created on first sight.
+
+    Inputs: a dense id tensor of any shape (output appends `dim`), or — with `combiner`
+    "sum"/"mean" — a multi-valued field as `tf.RaggedTensor` [batch, None], `tf.SparseTensor`
+    [batch, n] or a dense [batch, n] tensor, reduced to [batch, dim].
+
+    Training must go through `vlps.Trainer`, `vlps.train_step` or `vlps.Model.fit`, which push
+    the sparse gradients; a plain Keras optimizer never sees the table.
+    """
+
+    def __init__(
+        self, dim: int, *, combiner: str | None = None, key_dtype: str = "int64",
+        optimizer: Any = None, initializer: Any = None, admission: Admission | None = None,
+        eviction: Eviction | None = None, num_shards: int | None = None,
+        initial_rows_per_shard: int | None = None, table_name: str | None = None, **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if combiner not in (None, "sum", "mean"):
+            raise ValueError(f"DynamicEmbedding '{self.name}': combiner must be None, 'sum' or "
+                             f"'mean', got {combiner!r}")
+        if key_dtype not in ("int64", "string"):
+            raise ValueError(f"DynamicEmbedding '{self.name}': key_dtype must be 'int64' or "
+                             f"'string', got {key_dtype!r}")
+        self.dim = dim
+        self.combiner = combiner
+        self.key_dtype = key_dtype
+        self.table = EmbeddingTable(
+            table_name or self.name, dim, optimizer=optimizer, initializer=initializer,
+            admission=admission, eviction=eviction, num_shards=num_shards,
+            initial_rows_per_shard=initial_rows_per_shard,
+        )
+        self.built = True
+
+    def _keys(self, values: Any) -> tf.Tensor:
+        dtype = values.dtype
+        if self.key_dtype == "string":
+            if dtype != tf.string:
+                raise TypeError(f"vlps table '{self.table.name}': key_dtype='string' expects "
+                                f"string ids, got {dtype.name}")
+            return hash_strings(values)
+        if dtype not in (tf.int64, tf.int32):
+            raise TypeError(
+                f"vlps table '{self.table.name}': ids must be int64 (or int32), got {dtype.name}"
+                + ("; set key_dtype='string' for string features" if dtype == tf.string else "")
+            )
+        return tf.cast(values, tf.int64)
+
+    def _check_batch(self, nrows: Any) -> list[Any]:
+        static = tf.get_static_value(nrows)
+        msg = f"vlps table '{self.table.name}': empty batch (0 rows)"
+        if static is not None:
+            if int(static) == 0:
+                raise ValueError(msg)
+            return []
+        return [tf.debugging.assert_positive(nrows, message=msg)]
+
+    def call(self, inputs: Any, training: bool | None = None) -> tf.Tensor:
+        training = bool(training)
+        if isinstance(inputs, tf.RaggedTensor | tf.SparseTensor) and self.combiner is None:
+            raise ValueError(
+                f"vlps table '{self.table.name}': got a {type(inputs).__name__} (multi-valued "
+                "field) but the layer has no combiner; pass combiner='sum' or 'mean'"
+            )
+        if isinstance(inputs, tf.RaggedTensor):
+            if inputs.ragged_rank != 1:
+                raise ValueError(f"vlps table '{self.table.name}': ragged ids must be "
+                                 f"[batch, None], got ragged_rank {inputs.ragged_rank}")
+            nrows = inputs.nrows()
+            values, segments = inputs.values, inputs.value_rowids()
+        elif isinstance(inputs, tf.SparseTensor):
+            nrows = inputs.dense_shape[0]
+            values, segments = inputs.values, inputs.indices[:, 0]
+        else:
+            inputs = tf.convert_to_tensor(inputs)
+            if inputs.shape.rank == 0:
+                raise ValueError(f"vlps table '{self.table.name}': ids must have a batch "
+                                 "dimension, got a scalar")
+            nrows = tf.shape(inputs, out_type=tf.int64)[0]
+            if self.combiner is not None:
+                if inputs.shape.rank != 2:
+                    raise ValueError(f"vlps table '{self.table.name}': a combiner needs "
+                                     f"[batch, n] ids, got shape {inputs.shape}")
+                width = tf.shape(inputs, out_type=tf.int64)[1]
+                values = tf.reshape(inputs, [-1])
+                segments = tf.range(tf.size(values, out_type=tf.int64)) // tf.maximum(width, 1)
+            else:
+                values, segments = tf.reshape(inputs, [-1]), None
+        checks = self._check_batch(nrows)
+        with tf.control_dependencies(checks):
+            keys = self._keys(values)
+        unique, idx = tf.unique(keys)
+        serving = _serving_tables().get(self.table.name)
+        if serving is not None:
+            emb_u = serving.lookup(unique)
+            training = False
+        else:
+            emb_u = self.table.pull(unique, training=training)
+        if training:
+            _record(self.table, unique, emb_u)
+        emb = tf.gather(emb_u, idx)
+        if segments is None:
+            shape = tf.concat([tf.shape(inputs), [self.dim]], 0)
+            return tf.reshape(emb, shape)
+        total = tf.math.unsorted_segment_sum(emb, segments, nrows)
+        if self.combiner == "mean":
+            ones = tf.ones_like(segments, tf.float32)
+            count = tf.math.unsorted_segment_sum(ones, segments, nrows)
+            total = total / tf.maximum(count, 1.0)[:, None]
+        return total
+
+    def compute_output_spec(self, inputs: Any, training: Any = None) -> keras.KerasTensor:
+        # Keras would otherwise trace `call` symbolically and touch the tables.
+        shape = tuple(inputs.shape)
+        out = (shape[0], self.dim) if self.combiner else (*shape, self.dim)
+        return keras.KerasTensor(out, dtype="float32")
+
+    def get_config(self) -> dict[str, Any]:
+        cfg = super().get_config()
+        cfg.update(dim=self.dim, combiner=self.combiner, key_dtype=self.key_dtype)
+        return cfg
+
+
+def dynamic_embeddings(model: keras.Model) -> list[DynamicEmbedding]:
+    """The DynamicEmbedding layers of a model, depth first (stable order for checkpoints)."""
+    found: list[DynamicEmbedding] = []
+    seen: set[int] = set()
+
+    def walk(layer: Any) -> None:
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        if isinstance(layer, DynamicEmbedding):
+            found.append(layer)
+        flatten = getattr(layer, "_flatten_layers", None)
+        subs = flatten(include_self=False, recursive=False) if flatten else []
+        for sub in subs:
+            walk(sub)
+
+    walk(model)
+    return found
+
+
+def tables_of(model: keras.Model) -> list[EmbeddingTable]:
+    out: list[EmbeddingTable] = []
+    for layer in dynamic_embeddings(model):
+        if all(t is not layer.table for t in out):
+            out.append(layer.table)
+    return out

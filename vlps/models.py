@@ -1,0 +1,65 @@
+"""Reference CTR models (Wide & Deep) over `vlps.data.synthetic_ctr`-shaped inputs: the
+vlps model, and the baseline users would otherwise write (Keras Hashing + Embedding)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+
+from vlps.layers import DynamicEmbedding
+from vlps.table import Admission, Eviction
+
+
+def _inputs(num_fields: int, num_dense: int) -> dict[str, keras.KerasTensor]:
+    return {
+        "cat": keras.Input(shape=(num_fields,), dtype="int64", name="cat"),
+        "num": keras.Input(shape=(num_dense,), dtype="float32", name="num"),
+    }
+
+
+def _head(emb: Any, wide: Any, dense: Any, num_fields: int, dim: int,
+          hidden: Sequence[int], seed: int) -> Any:
+    x = keras.layers.Concatenate()([keras.layers.Reshape((num_fields * dim,))(emb), dense])
+    for i, h in enumerate(hidden):
+        x = keras.layers.Dense(h, activation="relu",
+                               kernel_initializer=keras.initializers.GlorotUniform(seed + i))(x)
+    deep = keras.layers.Dense(1, kernel_initializer=keras.initializers.GlorotUniform(seed + 99))(x)
+    wide_sum = keras.layers.Lambda(lambda w: keras.ops.sum(w, axis=(1, 2))[:, None])(wide)
+    return keras.layers.Activation("sigmoid")(keras.layers.Add()([deep, wide_sum]))
+
+
+def wide_deep(
+    *, dim: int = 16, num_fields: int = 26, num_dense: int = 13, hidden: Sequence[int] = (256, 128),
+    optimizer: Any = "adagrad", learning_rate: float = 0.05, admission: Admission | None = None,
+    eviction: Eviction | None = None, seed: int = 0, initial_rows_per_shard: int | None = None,
+) -> keras.Model:
+    """Wide & Deep with one shared dynamic table for the deep part and one (dim 1) for wide."""
+    from vlps import optimizers
+
+    def opt() -> Any:
+        return optimizers.get(optimizer).__class__(learning_rate=learning_rate)
+
+    inputs = _inputs(num_fields, num_dense)
+    emb = DynamicEmbedding(dim, name="deep_emb", optimizer=opt(), admission=admission,
+                           eviction=eviction, initial_rows_per_shard=initial_rows_per_shard)(
+        inputs["cat"])
+    wide = DynamicEmbedding(1, name="wide_emb", optimizer=opt(), initializer="zeros",
+                            admission=admission, eviction=eviction,
+                            initial_rows_per_shard=initial_rows_per_shard)(inputs["cat"])
+    out = _head(emb, wide, inputs["num"], num_fields, dim, hidden, seed)
+    return keras.Model(inputs, out, name="vlps_wide_deep")
+
+
+def hashed_wide_deep(
+    *, num_bins: int, dim: int = 16, num_fields: int = 26, num_dense: int = 13,
+    hidden: Sequence[int] = (256, 128), seed: int = 0,
+) -> keras.Model:
+    """The baseline: keras.layers.Hashing into `num_bins` + keras.layers.Embedding."""
+    inputs = _inputs(num_fields, num_dense)
+    bins = keras.layers.Hashing(num_bins)(inputs["cat"])
+    emb = keras.layers.Embedding(num_bins, dim)(bins)
+    wide = keras.layers.Embedding(num_bins, 1, embeddings_initializer="zeros")(bins)
+    out = _head(emb, wide, inputs["num"], num_fields, dim, hidden, seed)
+    return keras.Model(inputs, out, name="hashed_wide_deep")

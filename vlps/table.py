@@ -1,0 +1,440 @@
+"""`EmbeddingTable`: a dynamic embedding table sharded over TensorFlow hash tables.
+
+One row per id holds, in one float32 vector, the embedding, the optimizer slots and the step of
+the row's last update:  [ embedding (dim) | slot_1 (dim) | ... | slot_k (dim) | last_step ].
+Keeping them in one hash-table value is what makes checkpoints consistent: an insert replaces
+the whole row under the table's lock, and an export copies whole rows under the same lock.
+
+Shards are `tf.lookup.experimental.DenseHashTable`s placed on the ps devices of the current
+`Placement`; an id belongs to shard `hashing.shard_of(id, num_shards)`. DenseHashTable reserves
+two keys (empty and deleted); ids equal to them live in a small `MutableHashTable` beside the
+shard, so the full int64 range is usable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import tensorflow as tf
+
+from vlps import initializers as initializers_mod
+from vlps import optimizers as optimizers_mod
+from vlps.hashing import shard_of, uniform01
+from vlps.placement import current_placement, device_scope
+
+EMPTY_KEY = -(2**63)
+DELETED_KEY = -(2**63) + 1
+#: Names of the per-shard counters, in the order of `EmbeddingTable.counters()`.
+COUNTER_NAMES = ("created", "not_admitted", "evicted_ttl", "evicted_cap")
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Which new ids get a row. An id is admitted once seen `min_count` times (counted per
+    training batch it appears in) and then, if `probability` < 1, with that probability per
+    sighting. Ids not admitted yet embed as zeros and their gradients are dropped."""
+
+    min_count: int = 1
+    probability: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.min_count < 1:
+            raise ValueError(f"Admission.min_count must be >= 1, got {self.min_count}")
+        if not 0.0 < self.probability <= 1.0:
+            raise ValueError(f"Admission.probability must be in (0, 1], got {self.probability}")
+
+    @property
+    def active(self) -> bool:
+        return self.min_count > 1 or self.probability < 1.0
+
+
+@dataclass(frozen=True)
+class Eviction:
+    """Which rows `EmbeddingTable.evict()` removes: rows not updated for `ttl_steps` steps (or
+    `ttl_seconds`, translated to a step through the trainer's step/time history), then the
+    least recently updated rows of any shard above `max_rows_per_shard`."""
+
+    ttl_steps: int | None = None
+    ttl_seconds: float | None = None
+    max_rows_per_shard: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("ttl_steps", "ttl_seconds", "max_rows_per_shard"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"Eviction.{name} must be > 0, got {value}")
+
+
+def _check_name(name: str) -> str:
+    if not name or not all(c.isalnum() or c in "_-." for c in name):
+        raise ValueError(
+            f"vlps table name {name!r} must be non-empty letters, digits, '_', '-' or '.' "
+            "(it becomes a checkpoint file name)"
+        )
+    return name
+
+
+class _DenseTable(tf.lookup.experimental.DenseHashTable):
+    """DenseHashTable with the op's `max_load_factor` exposed (the Python class hides it)."""
+
+    def __init__(self, *args: Any, max_load_factor: float = 0.8, **kwargs: Any) -> None:
+        self._max_load_factor = float(max_load_factor)
+        super().__init__(*args, **kwargs)
+
+    def _create_resource(self) -> tf.Tensor:
+        ref = tf.raw_ops.MutableDenseHashTableV2(
+            empty_key=tf.constant(self._empty_key, self._key_dtype),
+            deleted_key=tf.constant(self._deleted_key, self._key_dtype),
+            shared_name=self._shared_name or "", use_node_name_sharing=self._shared_name is None,
+            value_dtype=self._value_dtype, value_shape=self._value_shape,
+            initial_num_buckets=self._initial_num_buckets,
+            max_load_factor=self._max_load_factor, name=self._name,
+        )
+        self._table_name = None if tf.executing_eagerly() else ref.op.name.split("/")[-1]
+        return ref
+
+
+class _Shard:
+    """One shard: the main DenseHashTable, the sentinel side table, admission candidates,
+    eviction tombstones and counters, all on one device."""
+
+    def __init__(self, table: EmbeddingTable, index: int, device: str | None) -> None:
+        self.index = index
+        self.device = device
+        self.width = table.width
+        default = tf.concat(
+            [tf.zeros([table.width - 1]), tf.bitcast(tf.constant([-1], tf.int32), tf.float32)], 0
+        )
+        with device_scope(device):
+            # Pre-sizing matters for memory: a DenseHashTable doubles when its load passes
+            # max_load_factor, so bytes/id swing between payload/max_load and twice that.
+            self.main = _DenseTable(
+                tf.int64, tf.float32, default_value=default, empty_key=EMPTY_KEY,
+                deleted_key=DELETED_KEY, initial_num_buckets=table.initial_buckets,
+                max_load_factor=table.max_load_factor,
+                name=f"vlps_{table.name}_{index}",
+            )
+            self.side = tf.lookup.experimental.MutableHashTable(
+                tf.int64, tf.float32, default_value=default, name=f"vlps_{table.name}_{index}_side"
+            )
+            # Candidates: [count, last_step]; a MutableHashTable has no reserved keys.
+            self.candidates = tf.lookup.experimental.MutableHashTable(
+                tf.int64, tf.float32, default_value=tf.constant([0.0, -1.0]),
+                name=f"vlps_{table.name}_{index}_cand",
+            )
+            # Keys evicted since the last checkpoint, so incremental checkpoints delete them.
+            self.tombstones = tf.lookup.experimental.MutableHashTable(
+                tf.int64, tf.int64, default_value=tf.constant(-1, tf.int64),
+                name=f"vlps_{table.name}_{index}_tomb",
+            )
+            self.counters = tf.Variable(
+                tf.zeros([len(COUNTER_NAMES)], tf.int64), trainable=False,
+                name=f"vlps_{table.name}_{index}_counters",
+            )
+
+    # -- raw row access (handles the two reserved keys) ---------------------------------------
+    def lookup_rows(self, ids: tf.Tensor) -> tf.Tensor:
+        is_s = ids <= DELETED_KEY
+
+        def fast() -> tf.Tensor:
+            return self.main.lookup(ids)
+
+        def slow() -> tf.Tensor:
+            rows = self.main.lookup(tf.where(is_s, tf.zeros_like(ids), ids))
+            return tf.where(is_s[:, None], self.side.lookup(ids), rows)
+
+        return tf.cond(tf.reduce_any(is_s), slow, fast)
+
+    def insert_rows(self, ids: tf.Tensor, rows: tf.Tensor) -> None:
+        is_s = ids <= DELETED_KEY
+
+        def fast() -> tf.Tensor:
+            self.main.insert(ids, rows)
+            return tf.constant(0)
+
+        def slow() -> tf.Tensor:
+            self.main.insert(tf.boolean_mask(ids, ~is_s), tf.boolean_mask(rows, ~is_s))
+            self.side.insert(tf.boolean_mask(ids, is_s), tf.boolean_mask(rows, is_s))
+            return tf.constant(0)
+
+        tf.cond(tf.reduce_any(is_s), slow, fast)
+
+    def remove_rows(self, ids: tf.Tensor) -> None:
+        is_s = ids <= DELETED_KEY
+        self.main.remove(tf.boolean_mask(ids, ~is_s))
+        self.side.remove(tf.boolean_mask(ids, is_s))
+
+    def export_rows(self) -> tuple[tf.Tensor, tf.Tensor]:
+        keys, rows = self.main.export()
+        keys = tf.reshape(keys, [-1])
+        rows = tf.reshape(rows, [-1, self.width])
+        # DenseHashTable exports every bucket; empty and deleted buckets carry the sentinels.
+        live = keys > DELETED_KEY
+        skeys, srows = self.side.export()
+        return (
+            tf.concat([tf.boolean_mask(keys, live), tf.reshape(skeys, [-1])], 0),
+            tf.concat([tf.boolean_mask(rows, live), tf.reshape(srows, [-1, self.width])], 0),
+        )
+
+    def size(self) -> tf.Tensor:
+        return self.main.size() + self.side.size()
+
+
+def last_steps(rows: tf.Tensor) -> tf.Tensor:
+    """The int32 step of each row's last update (-1 for a missing row)."""
+    return tf.bitcast(rows[:, -1], tf.int32)
+
+
+class EmbeddingTable:
+    """A sharded dynamic embedding table keyed by int64 ids; rows appear on first sight.
+
+    Args:
+      name: unique within a model; names checkpoint files and error messages.
+      dim: embedding width.
+      optimizer: a `vlps.optimizers.Optimizer` (or "sgd", "adagrad", "adam", "ftrl") that the
+        parameter server applies to rows on `push`.
+      initializer: a `vlps.initializers.Initializer` or its name; a pure function of the id.
+      admission / eviction: `Admission` / `Eviction` policies (default: admit all, never evict).
+      num_shards: defaults to the number of ps tasks (1 without a cluster).
+      initial_rows_per_shard: pre-size the hash tables (saves the doubling copies and memory).
+    """
+
+    def __init__(
+        self, name: str, dim: int, optimizer: Any = None, initializer: Any = None,
+        admission: Admission | None = None, eviction: Eviction | None = None,
+        num_shards: int | None = None, initial_rows_per_shard: int | None = None,
+        max_load_factor: float = 0.8,
+    ) -> None:
+        self.name = _check_name(name)
+        if not isinstance(dim, int) or dim <= 0:
+            raise ValueError(f"vlps table '{name}': dim must be a positive int, got {dim!r}")
+        if num_shards is not None and num_shards <= 0:
+            raise ValueError(f"vlps table '{name}': num_shards must be > 0, got {num_shards}")
+        self.dim = dim
+        self.optimizer = optimizers_mod.get(optimizer)
+        self.initializer = initializers_mod.get(initializer)
+        self.admission = admission or Admission()
+        self.eviction = eviction or Eviction()
+        self.max_load_factor = float(max_load_factor)
+        self.initial_buckets = 2 ** max(
+            4, math.ceil(math.log2(max(1, (initial_rows_per_shard or 1)) / self.max_load_factor))
+        )
+        self.width = dim * (1 + self.optimizer.num_slots) + 1
+        placement = current_placement()
+        self.shards = [
+            _Shard(self, i, dev) for i, dev in enumerate(placement.shard_devices(num_shards))
+        ]
+        self._slot_init = tf.constant(
+            [v for v in self.optimizer.initial_slot_values() for _ in range(dim)], tf.float32
+        )
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.shards)
+
+    def signature(self) -> dict[str, Any]:
+        """What a checkpoint must match to be restored into this table."""
+        return {
+            "dim": self.dim, "width": self.width, "optimizer": self.optimizer.get_config(),
+            "slots": list(self.optimizer.slot_names),
+        }
+
+    # -- input checks -----------------------------------------------------------------------
+    def check_ids(self, ids: Any) -> tf.Tensor:
+        dtype = getattr(ids, "dtype", None)
+        if dtype not in (tf.int64, tf.int32):
+            raise TypeError(
+                f"vlps table '{self.name}': ids must be int64 (or int32), got "
+                f"{getattr(dtype, 'name', type(ids).__name__)}; hash strings with "
+                "vlps.hash_strings or use DynamicEmbedding(key_dtype='string')"
+            )
+        ids = tf.cast(ids, tf.int64)
+        if ids.shape.rank != 1:
+            raise ValueError(f"vlps table '{self.name}': pull/push take 1-D ids, got {ids.shape}")
+        return ids
+
+    # -- pull / push --------------------------------------------------------------------------
+    def _partition(self, ids: tf.Tensor) -> tuple[list[tf.Tensor], list[tf.Tensor], tf.Tensor]:
+        shard = shard_of(ids, self.num_shards)
+        parts = tf.dynamic_partition(ids, shard, self.num_shards)
+        positions = tf.dynamic_partition(tf.range(tf.size(ids)), shard, self.num_shards)
+        return parts, positions, shard
+
+    def pull(self, ids: tf.Tensor, training: bool = True) -> tf.Tensor:
+        """Embeddings [n, dim] of unique ids, one lookup per shard.
+
+        Unknown ids get their initial value when `training` (the row is created by the
+        following push), zeros otherwise (evaluation and serving never create rows)."""
+        ids = self.check_ids(ids)
+        if self.num_shards == 1:
+            return self._pull_shard(self.shards[0], ids, training)
+        parts, positions, _ = self._partition(ids)
+        outs = [self._pull_shard(s, p, training) for s, p in zip(self.shards, parts, strict=True)]
+        return tf.dynamic_stitch(positions, outs)
+
+    def _pull_shard(self, shard: _Shard, ids: tf.Tensor, training: bool) -> tf.Tensor:
+        with device_scope(shard.device):
+            rows = shard.lookup_rows(ids)
+            emb = rows[:, : self.dim]
+            if not training or self.admission.active:
+                # Not-yet-admitted and unknown ids embed as the default row's zeros.
+                return emb
+            missing = tf.where(last_steps(rows) < 0)
+
+            def fill() -> tf.Tensor:
+                init = self.initializer(tf.gather_nd(ids, missing), self.dim)
+                return tf.tensor_scatter_nd_update(emb, missing, init)
+
+            return tf.cond(tf.size(missing) > 0, fill, lambda: emb)
+
+    def push(self, ids: tf.Tensor, grads: tf.Tensor, step: tf.Tensor) -> None:
+        """Apply the optimizer on each shard's device to the rows of unique `ids`.
+
+        `step` is the 1-based global step of this update (Adam's bias correction, eviction)."""
+        ids = self.check_ids(ids)
+        grads = tf.convert_to_tensor(grads, tf.float32)
+        step = tf.cast(step, tf.int64)
+        if self.num_shards == 1:
+            self._push_shard(self.shards[0], ids, grads, step)
+            return
+        parts, _, shard = self._partition(ids)
+        gparts = tf.dynamic_partition(grads, shard, self.num_shards)
+        for s, p, g in zip(self.shards, parts, gparts, strict=True):
+            self._push_shard(s, p, g, step)
+
+    def _push_shard(self, shard: _Shard, ids: tf.Tensor, grads: tf.Tensor, step: tf.Tensor) -> None:
+        d = self.dim
+        with device_scope(shard.device):
+            rows = shard.lookup_rows(ids)
+            exists = last_steps(rows) >= 0
+            if self.admission.active:
+                admitted = self._admit(shard, ids, exists, step)
+                keep = exists | admitted
+                ids, grads, rows, exists = (
+                    tf.boolean_mask(ids, keep), tf.boolean_mask(grads, keep),
+                    tf.boolean_mask(rows, keep), tf.boolean_mask(exists, keep),
+                )
+            missing = tf.where(~exists)
+
+            def fill() -> tf.Tensor:
+                new = tf.gather_nd(ids, missing)
+                init = tf.concat(
+                    [
+                        self.initializer(new, d),
+                        tf.tile(self._slot_init[None, :], [tf.shape(new)[0], 1]),
+                        tf.zeros([tf.shape(new)[0], 1]),
+                    ],
+                    1,
+                )
+                return tf.tensor_scatter_nd_update(rows, missing, init)
+
+            n_missing = tf.shape(missing)[0]
+            rows = tf.cond(n_missing > 0, fill, lambda: rows)
+            slots = [rows[:, d * (i + 1) : d * (i + 2)] for i in range(self.optimizer.num_slots)]
+            new_emb, new_slots = self.optimizer.update(rows[:, :d], slots, grads, step)
+            stamp = tf.fill([tf.shape(ids)[0], 1], tf.bitcast(tf.cast(step, tf.int32), tf.float32))
+            shard.insert_rows(ids, tf.concat([new_emb, *new_slots, stamp], 1))
+            shard.counters.scatter_nd_add([[0]], tf.cast(n_missing, tf.int64)[None])
+
+    def _admit(
+        self, shard: _Shard, ids: tf.Tensor, exists: tf.Tensor, step: tf.Tensor
+    ) -> tf.Tensor:
+        """True for ids without a row that are admitted now; counts the others."""
+        new = tf.boolean_mask(ids, ~exists)
+        cand = shard.candidates.lookup(new)
+        count = cand[:, 0] + 1.0
+        ok = count >= float(self.admission.min_count)
+        if self.admission.probability < 1.0:
+            salted = tf.bitwise.bitwise_xor(new, step)
+            ok &= uniform01(salted, self.admission.seed, 1)[:, 0] < self.admission.probability
+        stamp = tf.fill(tf.shape(count), tf.cast(step, tf.float32))
+        shard.candidates.insert(tf.boolean_mask(new, ~ok), tf.boolean_mask(
+            tf.stack([count, stamp], 1), ~ok))
+        shard.candidates.remove(tf.boolean_mask(new, ok))
+        shard.counters.scatter_nd_add(
+            [[1]], tf.reduce_sum(tf.cast(~ok, tf.int64))[None]
+        )
+        admitted = tf.scatter_nd(tf.where(~exists), ok, tf.shape(exists, out_type=tf.int64))
+        return admitted
+
+    # -- convenience for custom loops -------------------------------------------------------
+    def lookup(self, ids: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Embeddings of any-shaped ids (duplicates allowed): unique, pull, gather."""
+        ids = tf.convert_to_tensor(ids)
+        flat = self.check_ids(tf.reshape(ids, [-1]))
+        unique, idx = tf.unique(flat)
+        emb = tf.gather(self.pull(unique, training=training), idx)
+        return tf.reshape(emb, tf.concat([tf.shape(ids, out_type=tf.int32), [self.dim]], 0))
+
+    # -- maintenance ------------------------------------------------------------------------
+    def size(self) -> int:
+        return int(sum(int(s.size()) for s in self.shards))
+
+    def shard_sizes(self) -> list[int]:
+        return [int(s.size()) for s in self.shards]
+
+    def counters(self) -> dict[str, int]:
+        """Counters summed over shards: rows created, sightings not admitted, rows evicted by
+        TTL and by the size cap; plus the current number of rows and pending candidates."""
+        total = [0] * len(COUNTER_NAMES)
+        for s in self.shards:
+            for i, v in enumerate(s.counters.numpy().tolist()):
+                total[i] += int(v)
+        out = dict(zip(COUNTER_NAMES, total, strict=True))
+        out["rows"] = self.size()
+        out["candidates"] = int(sum(int(s.candidates.size()) for s in self.shards))
+        return out
+
+    def evict(self, step: int, ttl_steps: int | None = None) -> dict[str, int]:
+        """Run the eviction policy at global `step` on every shard (on the shard's device).
+
+        `ttl_steps` overrides the policy's (the Trainer passes the step that `ttl_seconds`
+        maps to). Returns how many rows each rule removed."""
+        ttl = ttl_steps if ttl_steps is not None else self.eviction.ttl_steps
+        cap = self.eviction.max_rows_per_shard
+        removed = {"evicted_ttl": 0, "evicted_cap": 0}
+        for s in self.shards:
+            n_ttl, n_cap = _evict_shard(s, tf.constant(step, tf.int64),
+                                        tf.constant(ttl or 0, tf.int64),
+                                        tf.constant(cap or 0, tf.int64))
+            removed["evicted_ttl"] += int(n_ttl)
+            removed["evicted_cap"] += int(n_cap)
+        return removed
+
+
+def _evict_shard(shard: _Shard, step: tf.Tensor, ttl: tf.Tensor, cap: tf.Tensor):
+    fn = getattr(shard, "_evict_fn", None)
+    if fn is None:
+        fn = tf.function(lambda st, tt, cp: _evict_graph(shard, st, tt, cp))
+        shard._evict_fn = fn  # type: ignore[attr-defined]
+    return fn(step, ttl, cap)
+
+
+def _evict_graph(shard: _Shard, step: tf.Tensor, ttl: tf.Tensor, cap: tf.Tensor):
+    with device_scope(shard.device):
+        keys, rows = shard.export_rows()
+        last = tf.cast(last_steps(rows), tf.int64)
+        stale = (ttl > 0) & (last < step - ttl)
+        stale_keys = tf.boolean_mask(keys, stale)
+        live_keys = tf.boolean_mask(keys, ~stale)
+        live_last = tf.boolean_mask(last, ~stale)
+        excess = tf.maximum(tf.cast(tf.size(live_keys), tf.int64) - cap, 0)
+        excess = tf.where(cap > 0, excess, tf.zeros_like(excess))
+        # Oldest first: top_k of the negated step; ties broken by position (deterministic).
+        _, oldest = tf.math.top_k(-live_last, k=tf.cast(excess, tf.int32), sorted=True)
+        cap_keys = tf.gather(live_keys, oldest)
+        gone = tf.concat([stale_keys, cap_keys], 0)
+        shard.remove_rows(gone)
+        shard.tombstones.insert(gone, tf.fill(tf.shape(gone), step))
+        n_ttl = tf.cast(tf.size(stale_keys), tf.int64)
+        n_cap = tf.cast(tf.size(cap_keys), tf.int64)
+        shard.counters.scatter_nd_add([[2], [3]], tf.stack([n_ttl, n_cap]))
+        # Candidates that were not seen within the TTL are forgotten too.
+        ckeys, cvals = shard.candidates.export()
+        ckeys = tf.reshape(ckeys, [-1])
+        cstale = (ttl > 0) & (tf.cast(tf.reshape(cvals, [-1, 2])[:, 1], tf.int64) < step - ttl)
+        shard.candidates.remove(tf.boolean_mask(ckeys, cstale))
+        return n_ttl, n_cap

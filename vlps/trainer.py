@@ -1,0 +1,258 @@
+"""`Trainer`: the same training script in one process or on the job's TF cluster.
+
+Without TF_CONFIG (or without ps tasks) it trains in-process with local tables. With ps tasks,
+ps and worker processes only run a `tf.distribute.Server` (see `cluster.run_server_if_needed`),
+and the chief builds the model under ParameterServerStrategy with table shards on the ps tasks,
+schedules asynchronous steps on the workers with ClusterCoordinator, reports metrics, evicts,
+checkpoints at quiescent points, and restores the latest checkpoint when it starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from vlps import checkpoint as ckpt_mod
+from vlps import optimizers as optimizers_mod
+from vlps.cluster import ClusterInfo, run_server_if_needed
+from vlps.export import export_saved_model
+from vlps.layers import tables_of
+from vlps.metrics import report
+from vlps.placement import Placement, placement_scope
+from vlps.table import EmbeddingTable
+from vlps.training import train_step
+
+log = logging.getLogger("vlps")
+
+
+class TaskFailedError(RuntimeError):
+    """A ps or worker task failed; the message names it. Restarting the job resumes from the
+    last checkpoint."""
+
+
+class Trainer:
+    """Train a Keras model with DynamicEmbedding layers, locally or on a ps cluster.
+
+    Args:
+      model_fn: builds the model (called under the trainer's placement, so tables shard onto
+        the ps tasks). Called again, locally, to build the serving copy for `export`.
+      loss: `loss(labels, predictions) -> scalar`, e.g. keras.losses.BinaryCrossentropy().
+      optimizer: vlps optimizer for dense variables (tables carry their own).
+      checkpoint_dir: where checkpoints go; the latest one is restored by `fit`.
+      checkpoint_every: steps between checkpoints (None: only at the end of fit).
+      full_every: every n-th checkpoint is full, the others incremental (1: always full).
+      evict_every: steps between eviction passes over tables with an Eviction policy.
+      report_every: steps between metric reports (`vlps.report`).
+    """
+
+    def __init__(
+        self, model_fn: Callable[[], keras.Model], *, loss: Callable[[Any, Any], tf.Tensor],
+        optimizer: Any = None, checkpoint_dir: str | None = None,
+        checkpoint_every: int | None = None, full_every: int = 5, evict_every: int | None = None,
+        report_every: int = 100, cluster: ClusterInfo | None = None,
+    ) -> None:
+        self.info = cluster or ClusterInfo.from_env()
+        run_server_if_needed(self.info)  # ps / worker tasks never return from here
+        for name, value in (("checkpoint_every", checkpoint_every), ("evict_every", evict_every),
+                            ("report_every", report_every), ("full_every", full_every)):
+            if value is not None and value <= 0:
+                raise ValueError(f"Trainer: {name} must be > 0, got {value}")
+        self.model_fn = model_fn
+        self.loss = loss
+        self.optimizer = optimizers_mod.get(optimizer)
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.full_every = full_every
+        self.evict_every = evict_every
+        self.report_every = report_every
+        self.strategy: tf.distribute.Strategy | None = None
+        self.coordinator: Any = None
+        placement = Placement()
+        if self.info.distributed:
+            resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+            self.strategy = tf.distribute.ParameterServerStrategy(resolver)
+            self.coordinator = tf.distribute.coordinator.ClusterCoordinator(self.strategy)
+            n_ps = len(self.info.cluster["ps"])
+            placement = Placement(
+                [f"/job:ps/replica:0/task:{i}/device:CPU:0" for i in range(n_ps)], self.strategy)
+        self.placement = placement
+        with self.scope():
+            self.model = model_fn()
+            self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="vlps_step")
+        self.tables: list[EmbeddingTable] = tables_of(self.model)
+        self._built = False
+        self._saves = 0
+        self._step_times: list[tuple[int, float]] = []
+        self.last_loss: float | None = None
+
+    def scope(self) -> Any:
+        """Placement (and strategy) scope: build models and variables inside it."""
+        import contextlib
+
+        stack = contextlib.ExitStack()
+        if self.strategy is not None:
+            stack.enter_context(self.strategy.scope())
+        stack.enter_context(placement_scope(self.placement))
+        return stack
+
+    # -- setup ------------------------------------------------------------------------------
+    def build(self, dataset_fn: Callable[..., tf.data.Dataset]) -> None:
+        """Create the model's dense variables (and slots) from one batch of `dataset_fn`."""
+        if self._built:
+            return
+        features, _ = next(iter(dataset_fn(None)))
+        with self.scope():
+            # Creates Keras variables (on the ps under the strategy); no table row is created.
+            self.model(features, training=False)
+            self.optimizer.build_dense(list(self.model.trainable_variables), self.strategy)
+        self.tables = tables_of(self.model)
+        self._built = True
+
+    def dense_state(self) -> dict[str, tf.Variable]:
+        """Every dense value a checkpoint holds: model variables, their slots, the step."""
+        out: dict[str, Any] = {"vlps/global_step": self.global_step}
+        for v in self.model.variables:
+            out[f"model/{v.path}"] = v
+        for v in self.model.trainable_variables:
+            for name, slot in zip(self.optimizer.slot_names, self.optimizer.dense_slots(v),
+                                  strict=True):
+                out[f"slots/{v.path}/{name}"] = slot
+        return out
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save(self, incremental: bool | None = None) -> Path:
+        if not self.checkpoint_dir:
+            raise ValueError("Trainer.save: no checkpoint_dir configured")
+        if self.coordinator is not None:
+            self.coordinator.join()  # a quiescent cut: no step in flight
+        if incremental is None:
+            incremental = self._saves % self.full_every != 0
+        path = ckpt_mod.save(self.checkpoint_dir, int(self.global_step.numpy()), self.tables,
+                             self.dense_state(), incremental=incremental)
+        self._saves += 1
+        log.info("vlps checkpoint %s", path)
+        return path
+
+    def restore(self, path: str | None = None) -> int:
+        """Restore `path` (default: the latest checkpoint); returns the restored step (0 when
+        there is nothing to restore)."""
+        target = Path(path) if path else (
+            ckpt_mod.latest(self.checkpoint_dir) if self.checkpoint_dir else None)
+        if target is None:
+            return 0
+        manifest = ckpt_mod.restore(target, self.tables, self.dense_state())
+        log.info("vlps restored %s (step %d)", target, manifest["step"])
+        return int(manifest["step"])
+
+    # -- training ---------------------------------------------------------------------------
+    def _make_step_fn(self) -> Callable[[Any], tf.Tensor]:
+        model, loss, opt, gstep = self.model, self.loss, self.optimizer, self.global_step
+
+        @tf.function
+        def step_fn(iterator: Any) -> tf.Tensor:
+            features, labels = next(iterator)
+            step = gstep.assign_add(1)
+            return train_step(model, loss, opt, features, labels, step)
+
+        return step_fn
+
+    def fit(self, dataset_fn: Callable[..., tf.data.Dataset], steps: int) -> dict[str, Any]:
+        """Train until the global step reaches `steps` (resuming from the latest checkpoint).
+
+        `dataset_fn(input_context)` returns a repeated dataset of (features, labels) batches;
+        on a cluster each worker calls it. Returns {"step", "loss", "seconds"}."""
+        self.build(dataset_fn)
+        step = self.restore() if self.checkpoint_dir else int(self.global_step.numpy())
+        start = time.perf_counter()
+        step_fn = self._make_step_fn()
+        try:
+            if self.coordinator is not None:
+                strategy = self.strategy
+                assert strategy is not None
+
+                def per_worker() -> Any:
+                    return strategy.distribute_datasets_from_function(dataset_fn)
+
+                iterator = iter(self.coordinator.create_per_worker_dataset(per_worker))
+            else:
+                iterator = iter(dataset_fn(None))
+            while step < steps:
+                if self.coordinator is not None:
+                    result = self.coordinator.schedule(step_fn, args=(iterator,))
+                else:
+                    result = step_fn(iterator)
+                step += 1
+                self._after_step(step, result)
+            if self.coordinator is not None:
+                self.coordinator.join()
+            if self.checkpoint_dir:
+                self.save()
+        except tf.errors.OpError as e:
+            raise self._explain_failure(e, step) from e
+        seconds = time.perf_counter() - start
+        return {"step": step, "loss": self.last_loss, "seconds": seconds}
+
+    def _after_step(self, step: int, result: Any) -> None:
+        if step % self.report_every == 0:
+            value = result.fetch() if hasattr(result, "fetch") else result
+            self.last_loss = float(value)
+            report(step, {"loss": self.last_loss})
+        if self.evict_every and step % self.evict_every == 0:
+            self.evict(step)
+        if self.checkpoint_dir and self.checkpoint_every and step % self.checkpoint_every == 0:
+            self.save()
+
+    def evict(self, step: int | None = None) -> dict[str, dict[str, int]]:
+        """Run every table's eviction policy now; returns rows removed per table."""
+        if self.coordinator is not None:
+            self.coordinator.join()
+        step = int(self.global_step.numpy()) if step is None else step
+        now = time.time()
+        self._step_times.append((step, now))
+        out = {}
+        for t in self.tables:
+            if t.eviction.ttl_steps is None and t.eviction.ttl_seconds is None \
+                    and t.eviction.max_rows_per_shard is None:
+                continue
+            ttl = t.eviction.ttl_steps
+            if t.eviction.ttl_seconds is not None:
+                # The newest step recorded at least ttl_seconds ago bounds "not seen since".
+                old = [s for s, ts in self._step_times if ts <= now - t.eviction.ttl_seconds]
+                by_time = step - old[-1] if old else None
+                ttl = min(x for x in (ttl, by_time) if x is not None) if (ttl or by_time) \
+                    else None
+            out[t.name] = t.evict(step, ttl_steps=ttl)
+        return out
+
+    def _explain_failure(self, error: tf.errors.OpError, step: int) -> Exception:
+        if self.coordinator is None:
+            return error
+        dead = self.info.unreachable_tasks()
+        last = ckpt_mod.latest(self.checkpoint_dir) if self.checkpoint_dir else None
+        who = ", ".join(dead) if dead else "a task of the cluster"
+        resume = (f"restart the job to resume from {last}" if last
+                  else "no checkpoint to resume from")
+        return TaskFailedError(
+            f"vlps training failed near step {step}: {who} unreachable "
+            f"({type(error).__name__}: {str(error.message).splitlines()[0][:300]}); {resume}")
+
+    # -- inference and export ---------------------------------------------------------------
+    def predict(self, features: Any) -> tf.Tensor:
+        """The model's output for `features`, computed on the chief (tables are read-only)."""
+        return self.model(features, training=False)
+
+    def export(self, path: str, input_signature: Any) -> str:
+        """SavedModel for plain TensorFlow serving (see vlps.export)."""
+        if self.coordinator is not None:
+            self.coordinator.join()
+        serving_model = None
+        if self.strategy is not None:
+            with placement_scope(Placement()):
+                serving_model = self.model_fn()
+        return export_saved_model(self.model, path, input_signature, serving_model)
