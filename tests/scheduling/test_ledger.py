@@ -20,7 +20,9 @@ from mlp.scheduling.resources import Resources
 MakeDemand = Callable[..., Demand]
 
 
-def test_own_quota_first_then_borrow_inside_cohort(cluster: Ledger, make_demand: MakeDemand) -> None:
+def test_own_quota_first_then_borrow_inside_cohort(
+    cluster: Ledger, make_demand: MakeDemand
+) -> None:
     d = make_demand(tasks=[r(6, 8)])
     decision = cluster.check(d, now=0)
     assert decision.admit and decision.borrowed == Resources.zero()
@@ -64,7 +66,7 @@ def test_lend_limit_bounds_borrowing(cluster: Ledger, make_demand: MakeDemand) -
 def test_pool_capacity_blocks(cluster: Ledger, make_demand: MakeDemand) -> None:
     big = Ledger([Pool("default", r(4, 64, 0)), *pools()[1:]], groups())
     decision = big.check(make_demand(tasks=[r(5, 4)]), now=0)
-    assert [(b.scope, b.resource) for b in decision.blocking][0] == ("pool", "cpu")
+    assert (decision.blocking[0].scope, decision.blocking[0].resource) == ("pool", "cpu")
 
 
 def test_personal_cap_and_override(cluster: Ledger, make_demand: MakeDemand) -> None:
