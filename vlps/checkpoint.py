@@ -54,13 +54,15 @@ def _save_fn(shard: _Shard) -> Any:
                 tomb = tf.reshape(shard.tombstones.export()[0], [-1])
                 ckeys, cvals = shard.candidates.export()
                 ckeys = tf.reshape(ckeys, [-1])
-                tf.raw_ops.SaveV2(
+                written = tf.raw_ops.SaveV2(
                     prefix=prefix, tensor_names=_NAMES, shape_and_slices=[""] * 5,
                     tensors=[keys, rows, tomb, ckeys, tf.reshape(cvals, [-1, 2])],
                 )
-                # Tombstones are relative to the previous checkpoint: start a new interval.
-                shard.tombstones.remove(tomb)
-                return tf.size(keys)
+                # tf.function prunes a SaveV2 nothing depends on (TF 2.21): depend on it.
+                with tf.control_dependencies([written]):
+                    # Tombstones are relative to the previous checkpoint: new interval.
+                    shard.tombstones.remove(tomb)
+                    return tf.identity(tf.size(keys))
         shard._save_fn = fn  # type: ignore[attr-defined]
     return fn
 
@@ -243,7 +245,8 @@ def restore(
     check_compatible(ckpt, head_manifest, tables, dense)
     for t in tables:
         for s in t.shards:
-            _clear_fn(s)()
+            if int(s.size()) > 0:  # a fresh table needs no clearing (and no removes)
+                _clear_fn(s)()
     for path, manifest in links:
         if manifest is not head_manifest:
             check_compatible(path, manifest, tables, dense)

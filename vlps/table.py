@@ -130,6 +130,8 @@ class _Shard:
                 tf.int64, tf.int64, default_value=tf.constant(-1, tf.int64),
                 name=f"vlps_{table.name}_{index}_tomb",
             )
+            self.dirty = tf.Variable(
+                False, trainable=False, name=f"vlps_{table.name}_{index}_dirty")
             self.counters = tf.Variable(
                 tf.zeros([len(COUNTER_NAMES)], tf.int64), trainable=False,
                 name=f"vlps_{table.name}_{index}_counters",
@@ -148,23 +150,49 @@ class _Shard:
 
         return tf.cond(tf.reduce_any(is_s), slow, fast)
 
+    def _main_insert(self, ids: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
+        # TF 2.21's DenseHashTable inserts a key into the first *deleted* bucket of its probe
+        # sequence without checking whether the key sits further along, so after any remove()
+        # a re-inserted key can exist twice (a stale copy that a later rehash may resurrect).
+        # Once a shard has removed keys, remove before insert: remove() probes past deleted
+        # buckets and drops the old copy.
+        def careful() -> tf.Tensor:
+            removed = self.main.remove(ids)
+            with tf.control_dependencies([removed]):
+                inserted = self.main.insert(ids, rows)
+            with tf.control_dependencies([inserted]):
+                return tf.constant(0)
+
+        def plain() -> tf.Tensor:
+            with tf.control_dependencies([self.main.insert(ids, rows)]):
+                return tf.constant(0)
+
+        return tf.cond(self.dirty, careful, plain)
+
     def insert_rows(self, ids: tf.Tensor, rows: tf.Tensor) -> None:
         is_s = ids <= DELETED_KEY
 
         def fast() -> tf.Tensor:
-            self.main.insert(ids, rows)
-            return tf.constant(0)
+            return self._main_insert(ids, rows)
 
         def slow() -> tf.Tensor:
-            self.main.insert(tf.boolean_mask(ids, ~is_s), tf.boolean_mask(rows, ~is_s))
-            self.side.insert(tf.boolean_mask(ids, is_s), tf.boolean_mask(rows, is_s))
-            return tf.constant(0)
+            done = self._main_insert(tf.boolean_mask(ids, ~is_s), tf.boolean_mask(rows, ~is_s))
+            with tf.control_dependencies([done]):
+                self.side.insert(tf.boolean_mask(ids, is_s), tf.boolean_mask(rows, is_s))
+                return tf.constant(0)
 
         tf.cond(tf.reduce_any(is_s), slow, fast)
 
     def remove_rows(self, ids: tf.Tensor) -> None:
         is_s = ids <= DELETED_KEY
-        self.main.remove(tf.boolean_mask(ids, ~is_s))
+        main_ids = tf.boolean_mask(ids, ~is_s)
+
+        def mark() -> tf.Tensor:
+            with tf.control_dependencies([self.dirty.assign(True)]):
+                return tf.constant(0)
+
+        tf.cond(tf.size(main_ids) > 0, mark, lambda: tf.constant(0))
+        self.main.remove(main_ids)
         self.side.remove(tf.boolean_mask(ids, is_s))
 
     def export_rows(self) -> tuple[tf.Tensor, tf.Tensor]:
@@ -180,7 +208,18 @@ class _Shard:
         )
 
     def size(self) -> tf.Tensor:
-        return self.main.size() + self.side.size()
+        """Live rows, counted from the buckets: DenseHashTable.size() drifts once keys have
+        been removed and inserted again (TF 2.21), so it is not trusted here."""
+        fn = getattr(self, "_size_fn", None)
+        if fn is None:
+            @tf.function
+            def fn() -> tf.Tensor:
+                with device_scope(self.device):
+                    keys, _ = self.main.export()
+                    live = tf.reduce_sum(tf.cast(tf.reshape(keys, [-1]) > DELETED_KEY, tf.int64))
+                    return live + self.side.size()
+            self._size_fn = fn
+        return fn()
 
 
 def last_steps(rows: tf.Tensor) -> tf.Tensor:

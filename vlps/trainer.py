@@ -87,6 +87,7 @@ class Trainer:
             self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="vlps_step")
         self.tables: list[EmbeddingTable] = tables_of(self.model)
         self._built = False
+        self._resumed = False
         self._saves = 0
         self._step_times: list[tuple[int, float]] = []
         self.last_loss: float | None = None
@@ -116,13 +117,15 @@ class Trainer:
 
     def dense_state(self) -> dict[str, tf.Variable]:
         """Every dense value a checkpoint holds: model variables, their slots, the step."""
+        # Keyed by position, not Keras path: auto-generated layer names ("dense_3") differ
+        # between two instances of one architecture in the same process.
         out: dict[str, Any] = {"vlps/global_step": self.global_step}
-        for v in self.model.variables:
-            out[f"model/{v.path}"] = v
-        for v in self.model.trainable_variables:
+        for i, v in enumerate(self.model.variables):
+            out[f"model/{i:04d}"] = v
+        for i, v in enumerate(self.model.trainable_variables):
             for name, slot in zip(self.optimizer.slot_names, self.optimizer.dense_slots(v),
                                   strict=True):
-                out[f"slots/{v.path}/{name}"] = slot
+                out[f"slots/{i:04d}/{name}"] = slot
         return out
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -147,6 +150,8 @@ class Trainer:
         if target is None:
             return 0
         manifest = ckpt_mod.restore(target, self.tables, self.dense_state())
+        self._resumed = True
+        self._saves = 1  # the next save may be incremental to what was restored
         log.info("vlps restored %s (step %d)", target, manifest["step"])
         return int(manifest["step"])
 
@@ -168,7 +173,11 @@ class Trainer:
         `dataset_fn(input_context)` returns a repeated dataset of (features, labels) batches;
         on a cluster each worker calls it. Returns {"step", "loss", "seconds"}."""
         self.build(dataset_fn)
-        step = self.restore() if self.checkpoint_dir else int(self.global_step.numpy())
+        if self.checkpoint_dir and not self._resumed:
+            # Only the first fit of a process resumes; later fits continue in memory.
+            self.restore()
+        self._resumed = True
+        step = int(self.global_step.numpy())
         start = time.perf_counter()
         step_fn = self._make_step_fn()
         try:

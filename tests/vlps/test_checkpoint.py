@@ -1,0 +1,170 @@
+"""Checkpoints (full, incremental, resharding, mismatches) and SavedModel export, in-process."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import vlps
+from vlps.data import synthetic_ctr
+from vlps.models import wide_deep
+
+SIGNATURE = {
+    "cat": tf.TensorSpec([None, 26], tf.int64, name="cat"),
+    "num": tf.TensorSpec([None, 13], tf.float32, name="num"),
+}
+
+
+def dataset_fn(ctx):
+    return synthetic_ctr(64, seed=2, zipf_a=1.5)
+
+
+def make_trainer(tmp: Path, num_shards: int | None = None, **model_kw) -> vlps.Trainer:
+    def model_fn():
+        from vlps.placement import Placement, placement_scope
+
+        # Local shards: emulate a cluster's shard count in one process.
+        with placement_scope(Placement()):
+            model = wide_deep(dim=4, hidden=(8,), learning_rate=0.1, **model_kw)
+        if num_shards:
+            for layer in vlps.tables_of(model):
+                assert layer.num_shards == 1
+        return model
+
+    if num_shards and num_shards > 1:
+        from vlps.placement import Placement, placement_scope
+
+        def sharded():
+            with placement_scope(Placement()):
+                import vlps.table as table_mod
+
+                orig = table_mod.EmbeddingTable.__init__
+
+                def init(self, *a, **kw):
+                    kw["num_shards"] = num_shards
+                    orig(self, *a, **kw)
+
+                table_mod.EmbeddingTable.__init__ = init  # type: ignore[method-assign]
+                try:
+                    return wide_deep(dim=4, hidden=(8,), learning_rate=0.1, **model_kw)
+                finally:
+                    table_mod.EmbeddingTable.__init__ = orig  # type: ignore[method-assign]
+
+        return vlps.Trainer(sharded, loss=keras.losses.BinaryCrossentropy(),
+                            checkpoint_dir=str(tmp), report_every=1000)
+    return vlps.Trainer(model_fn, loss=keras.losses.BinaryCrossentropy(),
+                        checkpoint_dir=str(tmp), report_every=1000)
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    return next(iter(synthetic_ctr(512, seed=2, zipf_a=1.5, split="test")))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, heldout):
+    """A 2-shard model trained 30 steps with a full then an incremental checkpoint."""
+    root = tmp_path_factory.mktemp("ckpt")
+    trainer = make_trainer(root, num_shards=2)
+    trainer.fit(dataset_fn, steps=20)           # full checkpoint at 20
+    trainer.fit(dataset_fn, steps=30)           # incremental checkpoint at 30
+    return root, trainer, trainer.predict(heldout[0]).numpy()
+
+
+def test_incremental_checkpoint_holds_only_changed_rows(trained) -> None:
+    root, trainer, _ = trained
+    manifest = json.loads((root / "ckpt-30" / "manifest.json").read_text())
+    assert manifest["kind"] == "incremental" and manifest["parent"] == "ckpt-20"
+    full = json.loads((root / "ckpt-20" / "manifest.json").read_text())
+    written = sum(manifest["tables"]["deep_emb"]["rows_written"])
+    assert 0 < written < trainer.tables[0].size()
+    assert sum(full["tables"]["deep_emb"]["rows_written"]) == \
+        full["tables"]["deep_emb"]["counters"]["rows"]
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_restore_into_other_shard_counts_predicts_identically(
+    trained, heldout, tmp_path, shards
+) -> None:
+    root, trainer, expected = trained
+    fresh = make_trainer(root, num_shards=shards)
+    fresh.build(dataset_fn)
+    assert fresh.restore() == 30
+    assert fresh.tables[0].num_shards == shards
+    assert fresh.tables[0].size() == trainer.tables[0].size()
+    np.testing.assert_array_equal(fresh.predict(heldout[0]).numpy(), expected)
+
+
+def test_eviction_survives_incremental_restore(tmp_path, heldout) -> None:
+    trainer = make_trainer(tmp_path)
+    trainer.fit(dataset_fn, steps=10)                          # full at 10
+    table = trainer.tables[0]
+    removed = table.evict(step=10, ttl_steps=3)["evicted_ttl"]  # rows untouched in steps 8-10
+    assert removed > 0
+    trainer.save(incremental=True)                             # step 10 exists: no-op
+    trainer.fit(dataset_fn, steps=12)                          # incremental at 12
+    size, preds = table.size(), trainer.predict(heldout[0]).numpy()
+    fresh = make_trainer(tmp_path)
+    fresh.build(dataset_fn)
+    assert fresh.restore() == 12
+    assert fresh.tables[0].size() == size
+    assert fresh.tables[0].counters()["evicted_ttl"] == removed
+    np.testing.assert_array_equal(fresh.predict(heldout[0]).numpy(), preds)
+
+
+def test_restore_mismatches_name_the_table(trained) -> None:
+    root, _, _ = trained
+    wrong_dim = vlps.Trainer(lambda: wide_deep(dim=8, hidden=(8,)),
+                             loss=keras.losses.BinaryCrossentropy(), checkpoint_dir=str(root))
+    wrong_dim.build(dataset_fn)
+    with pytest.raises(vlps.CheckpointMismatchError, match=r"'deep_emb'.*dim 4.*dim 8"):
+        wrong_dim.restore()
+    wrong_opt = vlps.Trainer(lambda: wide_deep(dim=4, hidden=(8,), optimizer="ftrl"),
+                             loss=keras.losses.BinaryCrossentropy(), checkpoint_dir=str(root))
+    wrong_opt.build(dataset_fn)
+    with pytest.raises(vlps.CheckpointMismatchError, match=r"'deep_emb'.*Adagrad.*Ftrl"):
+        wrong_opt.restore()
+
+    def other_model():
+        inp = keras.Input(shape=(3,), dtype="int64")
+        out = keras.layers.Dense(1)(vlps.DynamicEmbedding(2, combiner="sum", name="other")(inp))
+        return keras.Model({"cat": inp}, out)
+
+    other = vlps.Trainer(other_model, loss=keras.losses.BinaryCrossentropy(),
+                         checkpoint_dir=str(root))
+    other.build(lambda ctx: tf.data.Dataset.from_tensors(
+        ({"cat": tf.zeros([2, 3], tf.int64)}, tf.zeros([2, 1]))))
+    with pytest.raises(vlps.CheckpointMismatchError, match="another model"):
+        other.restore()
+    with pytest.raises(vlps.CheckpointMismatchError, match="not a vlps checkpoint"):
+        other.restore(str(root / "nope"))
+
+
+def test_exported_savedmodel_serves_without_vlps(trained, heldout, tmp_path) -> None:
+    _, trainer, expected = trained
+    path = trainer.export(str(tmp_path / "model"), SIGNATURE)
+    np.save(tmp_path / "cat.npy", heldout[0]["cat"].numpy())
+    np.save(tmp_path / "num.npy", heldout[0]["num"].numpy())
+    check_serving_in_fresh_process(path, tmp_path, expected)
+
+
+def check_serving_in_fresh_process(path: str, tmp: Path, expected: np.ndarray) -> None:
+    script = f"""
+import sys
+sys.modules["vlps"] = None  # any import of vlps would now fail
+sys.modules["keras"] = None
+import numpy as np, tensorflow as tf
+m = tf.saved_model.load({path!r})
+out = m.signatures["serving_default"](cat=tf.constant(np.load({str(tmp / 'cat.npy')!r})),
+                                      num=tf.constant(np.load({str(tmp / 'num.npy')!r})))
+np.save({str(tmp / 'served.npy')!r}, out["output_0"].numpy())
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd="/", capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp / "served.npy"), expected, rtol=1e-5, atol=1e-6)

