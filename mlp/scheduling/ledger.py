@@ -75,7 +75,11 @@ class Ledger:
         self._server_own: dict[tuple[str, str], Resources] = {}
         self._holders_in: dict[tuple[str, str], dict[str, Holder]] = {}
         # lendable supply per (cohort, pool): recomputed only when that cohort's state changes
-        self._supply_cache: dict[tuple[str, str, float, float], Resources] = {}
+        self._supply_cache: dict[tuple[str, str], dict[tuple[float, float], Resources]] = {}
+        # set when a limit may have shrunk under running work (config change, restart); reserve
+        # and release never break a limit, so only then, or when an expansion ends, does
+        # `advance` need to look for something to repair
+        self._dirty = True
         for pool in pools:
             if pool.name in self._pools:
                 raise ValueError(f"pool {pool.name!r} is declared twice")
@@ -220,22 +224,31 @@ class Ledger:
         return (self.nominal(group, pool, at) - self.group_own_usage(group, pool)).clamp()
 
     def lendable_supply(self, cohort: str, pool: str, start: float, end: float) -> Resources:
-        """What the groups of `cohort` may lend in `pool`: sum of min(lend_limit, idle)."""
-        key = (cohort, pool, start, end)
-        cached = self._supply_cache.get(key)
+        """What the groups of `cohort` may lend in `pool`: sum of min(lend_limit, idle).
+
+        Cached per cohort and pool until a holder of that cohort and pool changes.
+        """
+        per_window = self._supply_cache.setdefault((cohort, pool), {})
+        cached = per_window.get((start, end))
         if cached is not None:
             return cached
         total = _ZERO
         for name in self._cohorts.get(cohort, ()):
-            group = self._groups[name]
-            idle = (
-                self.nominal(name, pool, start, end) - self._own.get((name, pool), _ZERO)
-            ).clamp()
-            total = total + group.lendable(pool).min(idle)
-        if len(self._supply_cache) > 4096:
-            self._supply_cache.clear()
-        self._supply_cache[key] = total
+            total = total + self._offer(name, pool, start, end)
+        if len(per_window) > 64:  # windows differ by clock only; keep the cache small
+            per_window.clear()
+        per_window[(start, end)] = total
         return total
+
+    def _offer(
+        self, name: str, pool: str, start: float, end: float, own: Resources | None = None
+    ) -> Resources:
+        """What group `name` may lend: min(lend_limit, idle), idle from `own` if given."""
+        lendable = self._groups[name].lendable(pool)
+        if lendable.is_zero():
+            return _ZERO
+        used = self._own.get((name, pool), _ZERO) if own is None else own
+        return lendable.min((self.nominal(name, pool, start, end) - used).clamp())
 
     def lent_out(self, group: str, pool: str) -> Resources:
         """The part of the cohort's borrowing attributed to `group` as a lender.
@@ -312,6 +325,13 @@ class Ledger:
             demand.promoted,
         )
         return Decision(admit=not blocking, borrowed=borrowed, blocking=blocking)
+
+    def fits_own_quota(self, demand: Demand, now: float) -> bool:
+        """Cheap test: does the demand fit its group's own idle quota (no borrowing)?"""
+        nominal = self.nominal(
+            demand.group, demand.pool, self.now, max(now, self.now) + demand.max_runtime
+        )
+        return demand.total.fits_after(self._own.get((demand.group, demand.pool), _ZERO), nominal)
 
     def _evaluate(
         self,
@@ -427,11 +447,13 @@ class Ledger:
             or not self._cohort_borrowed.get((cohort, pool_name), _ZERO).is_zero()
         ):
             # taking own quota shrinks what this group lends, so check the cohort either way
-            self._own[key] = own_used + own_part
-            try:
-                supply = self._supply_uncached(cohort, pool_name, start, now)
-            finally:
-                self._own[key] = own_used
+            supply = self.lendable_supply(cohort, pool_name, start, now)
+            if not own_part.is_zero() and not group.lendable(pool_name).is_zero():
+                supply = (
+                    supply
+                    - self._offer(group_name, pool_name, start, now)
+                    + self._offer(group_name, pool_name, start, now, own=own_used + own_part)
+                )
             free_cohort = supply - self._cohort_borrowed.get((cohort, pool_name), _ZERO)
             if not borrow.fits(free_cohort):
                 for r in borrow.exceeding(free_cohort):
@@ -572,7 +594,8 @@ class Ledger:
             members[holder.id] = holder
         else:
             members.pop(holder.id, None)
-        self._supply_cache.clear()
+        if cohort is not None:
+            self._supply_cache.pop((cohort, holder.pool), None)
 
     # -- configuration at runtime ----------------------------------------------------------
     def add_expansion(self, expansion: Expansion) -> None:
@@ -667,6 +690,8 @@ class Ledger:
         for expansion in ended:
             del self._expansions[expansion.id]
             self._expansions_of[(expansion.group, expansion.pool)].remove(expansion)
+        if not ended and not self._dirty:
+            return []
         self._supply_cache.clear()
         return self._repair("an expansion ended" if ended else "limits changed")
 
@@ -704,6 +729,7 @@ class Ledger:
         while True:
             scope = self._first_violation()
             if scope is None:
+                self._dirty = False
                 return preempted
             description, candidates = scope
             jobs = sorted((h for h in candidates if h.kind == "job"), key=_victim_order)

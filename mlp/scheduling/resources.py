@@ -257,6 +257,14 @@ class Resources:
         return new
 
     @classmethod
+    def _raw(cls, units: dict[str, int]) -> Resources:
+        """Adopt `units` as is: the caller guarantees no zero entries and gives up the dict."""
+        new = cls.__new__(cls)
+        new._units = units
+        new._hash = None
+        return new
+
+    @classmethod
     def zero(cls) -> Resources:
         return _ZERO
 
@@ -283,6 +291,10 @@ class Resources:
     def names(self) -> tuple[str, ...]:
         """The names with a non-zero component, in a stable order."""
         return tuple(sorted(self._units))
+
+    def unit_map(self) -> Mapping[str, int]:
+        """Every non-zero component in smallest units (read-only view for hot loops)."""
+        return self._units
 
     def units(self, name: str) -> int:
         """The integer amount in the resource's smallest unit (millicores for cpu)."""
@@ -313,16 +325,24 @@ class Resources:
             return other
         units = dict(self._units)
         for name, value in other._units.items():
-            units[name] = units.get(name, 0) + value
-        return Resources._of_units(units)
+            total = units.get(name, 0) + value
+            if total:
+                units[name] = total
+            else:
+                del units[name]
+        return Resources._raw(units)
 
     def __sub__(self, other: Resources) -> Resources:
         if not other._units:
             return self
         units = dict(self._units)
         for name, value in other._units.items():
-            units[name] = units.get(name, 0) - value
-        return Resources._of_units(units)
+            total = units.get(name, 0) - value
+            if total:
+                units[name] = total
+            else:
+                del units[name]
+        return Resources._raw(units)
 
     def __neg__(self) -> Resources:
         return Resources._of_units({k: -v for k, v in self._units.items()})
@@ -333,16 +353,34 @@ class Resources:
 
     def clamp(self) -> Resources:
         """Negative components become zero."""
-        if all(v > 0 for v in self._units.values()):
-            return self
-        return Resources._of_units({k: v for k, v in self._units.items() if v > 0})
+        for value in self._units.values():
+            if value < 0:
+                return Resources._raw({k: v for k, v in self._units.items() if v > 0})
+        return self
+
+    def fits_after(self, used: Resources, limit: Resources) -> bool:
+        """True when adding self to `used` stays within `limit` wherever self asks for more.
+
+        The allocation-free form of ``(used + self).fits(limit)`` for non-negative self.
+        """
+        used_units, limit_units = used._units, limit._units
+        for name, value in self._units.items():
+            if value > 0 and used_units.get(name, 0) + value > limit_units.get(name, 0):
+                return False
+        return True
 
     def min(self, other: Resources) -> Resources:
         """Component-wise minimum."""
-        names = set(self._units) | set(other._units)
-        return Resources._of_units(
-            {n: min(self._units.get(n, 0), other._units.get(n, 0)) for n in names}
-        )
+        mine, theirs = self._units, other._units
+        units: dict[str, int] = {}
+        for name, value in mine.items():
+            low = min(value, theirs.get(name, 0))
+            if low:
+                units[name] = low
+        for name, value in theirs.items():
+            if value < 0 and name not in mine:
+                units[name] = value
+        return Resources._raw(units)
 
     def max(self, other: Resources) -> Resources:
         """Component-wise maximum."""

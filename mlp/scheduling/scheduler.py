@@ -73,6 +73,7 @@ class _Entry:
     scopes: tuple[_ScopeKey, _ScopeKey, _ScopeKey]
     cohort_scope: _ScopeKey | None
     context: ScoreContext
+    units: Mapping[str, int]  # the demand's total in smallest units, for the pass's gate
 
 
 @dataclass
@@ -81,7 +82,7 @@ class _Closed:
 
     head: str
     shadow: float
-    lacking: tuple[tuple[str, float], ...]  # (resource, available) when the head was checked
+    lacking: tuple[tuple[str, int], ...]  # (resource, available units) when the head was checked
     blocking: tuple[Blocker, ...]
 
 
@@ -206,6 +207,7 @@ class QueueScheduler:
             ),
             cohort_scope=("cohort", cohort, demand.pool) if cohort is not None else None,
             context=context,
+            units=demand.total.unit_map(),
         )
         self._entries[demand.id] = entry
         bisect.insort(self._order, sort_key)
@@ -303,14 +305,28 @@ class QueueScheduler:
         """True when a closed scope makes this job wait (recorded for its explanation)."""
         demand = entry.demand
         end = now + demand.max_runtime
-        total = demand.total
+        units = entry.units
         for scope in entry.scopes:
             head = closed.get(scope)
             if head is None:
                 continue
             # availability only shrinks during a pass: more than the head found free never fits
-            lacks = any(total[r] > available for r, available in head.lacking)
-            if lacks or not backfill or end > head.shadow:
+            if (
+                not backfill
+                or end > head.shadow
+                or any(units.get(r, 0) > available for r, available in head.lacking)
+            ):
+                plan._waiting[demand.id] = head
+                return True
+        # a job that must borrow waits behind a blocked borrower of its cohort; asking the
+        # ledger whether it fits its own quota is much cheaper than a full check
+        if entry.cohort_scope is not None:
+            head = closed.get(entry.cohort_scope)
+            if (
+                head is not None
+                and (not backfill or end > head.shadow)
+                and not self.ledger.fits_own_quota(demand, now)
+            ):
                 plan._waiting[demand.id] = head
                 return True
         return False
@@ -337,7 +353,11 @@ class QueueScheduler:
         for scope, blockers in by_scope.items():
             if scope in closed:
                 continue
-            lacking = tuple((b.resource, b.available) for b in blockers if b.resource)
+            lacking = tuple(
+                (b.resource, round(b.available * (1000 if b.resource == "cpu" else 1)))
+                for b in blockers
+                if b.resource
+            )
             if not lacking:  # a rule, not an amount (e.g. production without promotion)
                 continue
             shortfall = Resources(
