@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,5 +94,6 @@ def run_server_if_needed(info: ClusterInfo | None = None) -> None:
     )
     log.info("vlps %s serving at %s", info.task, info.address(info.task_type, info.task_index))
     print(f"vlps {info.task} serving", flush=True)
-    server.join()
-    os._exit(0)
+    # Not server.join(): it blocks in C++ and Python signal handlers would never run.
+    while server is not None:
+        time.sleep(3600)

@@ -34,6 +34,7 @@ def wide_deep(
     *, dim: int = 16, num_fields: int = 26, num_dense: int = 13, hidden: Sequence[int] = (256, 128),
     optimizer: Any = "adagrad", learning_rate: float = 0.05, admission: Admission | None = None,
     eviction: Eviction | None = None, seed: int = 0, initial_rows_per_shard: int | None = None,
+    num_shards: int | None = None,
 ) -> keras.Model:
     """Wide & Deep with one shared dynamic table for the deep part and one (dim 1) for wide."""
     from vlps import optimizers
@@ -43,11 +44,13 @@ def wide_deep(
 
     inputs = _inputs(num_fields, num_dense)
     emb = DynamicEmbedding(dim, name="deep_emb", optimizer=opt(), admission=admission,
-                           eviction=eviction, initial_rows_per_shard=initial_rows_per_shard)(
+                           eviction=eviction, initial_rows_per_shard=initial_rows_per_shard,
+                           num_shards=num_shards)(
         inputs["cat"])
     wide = DynamicEmbedding(1, name="wide_emb", optimizer=opt(), initializer="zeros",
                             admission=admission, eviction=eviction,
-                            initial_rows_per_shard=initial_rows_per_shard)(inputs["cat"])
+                            initial_rows_per_shard=initial_rows_per_shard,
+                            num_shards=num_shards)(inputs["cat"])
     out = _head(emb, wide, inputs["num"], num_fields, dim, hidden, seed)
     return keras.Model(inputs, out, name="vlps_wide_deep")
 

@@ -210,7 +210,7 @@ class _Shard:
     def size(self) -> tf.Tensor:
         """Live rows, counted from the buckets: DenseHashTable.size() drifts once keys have
         been removed and inserted again (TF 2.21), so it is not trusted here."""
-        fn = getattr(self, "_size_fn", None)
+        fn: Any = getattr(self, "_size_fn", None)
         if fn is None:
             @tf.function
             def fn() -> tf.Tensor:

@@ -1,6 +1,7 @@
 """Fixtures for the vlps tests.
 
-- `tiny_model_fn`: a small Wide&Deep builder (dim 4, one hidden layer) for local tests.
+- `serve_in_fresh_process(path, tmp, expected)`: loads a SavedModel in a new Python process
+  where importing vlps or keras fails, feeds tmp/cat.npy + tmp/num.npy, compares outputs.
 - `tf_cluster`: module-scoped localhost TF cluster (2 ps + 1 worker processes running
   tests/vlps/cluster_job.py, free ports); `tf_cluster.run_chief(params)` runs the chief of a
   job against it. Teardown kills every process group it started.
@@ -113,12 +114,25 @@ def tf_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluste
         cluster.stop()
 
 
+def _serve_in_fresh_process(path: str, tmp: Path, expected: Any) -> None:
+    import numpy as np
+
+    script = f"""
+import sys
+sys.modules["vlps"] = None  # any import of vlps would now fail
+sys.modules["keras"] = None
+import numpy as np, tensorflow as tf
+m = tf.saved_model.load({path!r})
+out = m.signatures["serving_default"](cat=tf.constant(np.load({str(tmp / 'cat.npy')!r})),
+                                      num=tf.constant(np.load({str(tmp / 'num.npy')!r})))
+np.save({str(tmp / 'served.npy')!r}, out["output_0"].numpy())
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd="/", capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp / "served.npy"), expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.fixture
-def tiny_model_fn() -> Any:
-    from vlps.models import wide_deep
-
-    def build(**kw: Any) -> Any:
-        args = {"dim": 4, "hidden": (8,), "learning_rate": 0.1, **kw}
-        return wide_deep(**args)
-
-    return build
+def serve_in_fresh_process() -> Any:
+    return _serve_in_fresh_process

@@ -1,8 +1,6 @@
 """Checkpoints (full, incremental, resharding, mismatches) and SavedModel export, in-process."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import keras
@@ -26,37 +24,9 @@ def dataset_fn(ctx):
 
 def make_trainer(tmp: Path, num_shards: int | None = None, **model_kw) -> vlps.Trainer:
     def model_fn():
-        from vlps.placement import Placement, placement_scope
+        return wide_deep(dim=4, hidden=(8,), learning_rate=0.1, num_shards=num_shards,
+                         **model_kw)
 
-        # Local shards: emulate a cluster's shard count in one process.
-        with placement_scope(Placement()):
-            model = wide_deep(dim=4, hidden=(8,), learning_rate=0.1, **model_kw)
-        if num_shards:
-            for layer in vlps.tables_of(model):
-                assert layer.num_shards == 1
-        return model
-
-    if num_shards and num_shards > 1:
-        from vlps.placement import Placement, placement_scope
-
-        def sharded():
-            with placement_scope(Placement()):
-                import vlps.table as table_mod
-
-                orig = table_mod.EmbeddingTable.__init__
-
-                def init(self, *a, **kw):
-                    kw["num_shards"] = num_shards
-                    orig(self, *a, **kw)
-
-                table_mod.EmbeddingTable.__init__ = init  # type: ignore[method-assign]
-                try:
-                    return wide_deep(dim=4, hidden=(8,), learning_rate=0.1, **model_kw)
-                finally:
-                    table_mod.EmbeddingTable.__init__ = orig  # type: ignore[method-assign]
-
-        return vlps.Trainer(sharded, loss=keras.losses.BinaryCrossentropy(),
-                            checkpoint_dir=str(tmp), report_every=1000)
     return vlps.Trainer(model_fn, loss=keras.losses.BinaryCrossentropy(),
                         checkpoint_dir=str(tmp), report_every=1000)
 
@@ -145,26 +115,11 @@ def test_restore_mismatches_name_the_table(trained) -> None:
         other.restore(str(root / "nope"))
 
 
-def test_exported_savedmodel_serves_without_vlps(trained, heldout, tmp_path) -> None:
+def test_exported_savedmodel_serves_without_vlps(
+    trained, heldout, tmp_path, serve_in_fresh_process
+) -> None:
     _, trainer, expected = trained
     path = trainer.export(str(tmp_path / "model"), SIGNATURE)
     np.save(tmp_path / "cat.npy", heldout[0]["cat"].numpy())
     np.save(tmp_path / "num.npy", heldout[0]["num"].numpy())
-    check_serving_in_fresh_process(path, tmp_path, expected)
-
-
-def check_serving_in_fresh_process(path: str, tmp: Path, expected: np.ndarray) -> None:
-    script = f"""
-import sys
-sys.modules["vlps"] = None  # any import of vlps would now fail
-sys.modules["keras"] = None
-import numpy as np, tensorflow as tf
-m = tf.saved_model.load({path!r})
-out = m.signatures["serving_default"](cat=tf.constant(np.load({str(tmp / 'cat.npy')!r})),
-                                      num=tf.constant(np.load({str(tmp / 'num.npy')!r})))
-np.save({str(tmp / 'served.npy')!r}, out["output_0"].numpy())
-"""
-    proc = subprocess.run([sys.executable, "-c", script], cwd="/", capture_output=True,
-                          text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    np.testing.assert_allclose(np.load(tmp / "served.npy"), expected, rtol=1e-5, atol=1e-6)
+    serve_in_fresh_process(path, tmp_path, expected)

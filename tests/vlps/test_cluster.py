@@ -1,0 +1,105 @@
+"""A real TF cluster on localhost (chief + 2 ps + 1 worker processes, gRPC) training the CTR
+model of tests/vlps/cluster_job.py: loss falls, restart restores identical predictions, the
+checkpoint restores into 1 and 3 local shards, the export serves without vlps, and a ps that
+dies fails the job with its name; a restart then resumes from the last checkpoint."""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def first_run(tf_cluster):
+    tmp = tf_cluster.tmp
+    params = {"ckpt": str(tmp / "ckpt"), "steps": 60, "checkpoint_every": 20,
+              "out": str(tmp / "run1"), "export": str(tmp / "export"), "report_every": 20}
+    return params, tf_cluster.run_chief(params)
+
+
+def test_cluster_training_reduces_loss(first_run, tf_cluster) -> None:
+    _, result = first_run
+    assert result["step"] == 60 and result["restored"] == 0
+    assert result["loss_after"] < result["loss_before"] - 0.05, result
+    # Both ps tasks hold a share of the rows.
+    assert all(n > 1000 for n in result["shards"]["deep_emb"]), result["shards"]
+    lines = (tf_cluster.tmp / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["step"] for r in records[:3]] == [20, 40, 60]
+    assert all(r["task"] == "chief:0" and isinstance(r["metrics"]["loss"], float)
+               for r in records)
+
+
+def test_restarted_chief_restores_identical_predictions(first_run, tf_cluster) -> None:
+    params, _ = first_run
+    again = dict(params, out=str(tf_cluster.tmp / "run2"), export=None)
+    result = tf_cluster.run_chief(again)
+    assert result["restored"] == 60 and result["step"] == 60
+    np.testing.assert_array_equal(np.load(again["out"] + ".npy"),
+                                  np.load(params["out"] + ".npy"))
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_cluster_checkpoint_restores_into_local_shards(first_run, shards) -> None:
+    import keras
+
+    import vlps
+    from vlps.data import synthetic_ctr
+    from vlps.models import wide_deep
+
+    params, _ = first_run
+    trainer = vlps.Trainer(
+        lambda: wide_deep(dim=4, hidden=(16,), learning_rate=0.1, num_shards=shards),
+        loss=keras.losses.BinaryCrossentropy(), checkpoint_dir=params["ckpt"],
+        cluster=vlps.ClusterInfo())
+    trainer.build(lambda ctx: synthetic_ctr(8, seed=1))
+    assert trainer.restore() == 60
+    features, _ = next(iter(synthetic_ctr(1024, seed=1, zipf_a=1.5, split="test")))
+    np.testing.assert_array_equal(trainer.predict(features).numpy(),
+                                  np.load(params["out"] + ".npy"))
+
+
+def test_cluster_export_serves_without_vlps(first_run, tmp_path, serve_in_fresh_process) -> None:
+    from vlps.data import synthetic_ctr
+
+    params, _ = first_run
+    features, _ = next(iter(synthetic_ctr(1024, seed=1, zipf_a=1.5, split="test")))
+    np.save(tmp_path / "cat.npy", features["cat"].numpy())
+    np.save(tmp_path / "num.npy", features["num"].numpy())
+    serve_in_fresh_process(params["export"], tmp_path, np.load(params["out"] + ".npy"))
+
+
+def test_ps_failure_names_the_task_and_restart_resumes(first_run, tf_cluster) -> None:
+    tmp = tf_cluster.tmp
+    params = {"ckpt": str(tmp / "ckpt-fail"), "steps": 100_000, "checkpoint_every": 20,
+              "out": str(tmp / "run-fail")}
+    chief = tf_cluster.chief(params)
+    latest = Path(params["ckpt"]) / "latest"
+    deadline = time.monotonic() + 180
+    while not (latest.exists() and int(latest.read_text().split("-")[1]) >= 40):
+        assert chief.poll() is None, chief.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "no checkpoint at step 40 in time"
+        time.sleep(0.5)
+    tf_cluster.kill_task("ps:1")
+    try:
+        out, _ = chief.communicate(timeout=180)
+    except Exception:
+        os.killpg(chief.pid, signal.SIGKILL)
+        raise
+    assert chief.returncode != 0
+    assert "TaskFailedError" in out and "ps:1" in out, out[-3000:]
+    assert "resume from" in out
+    saved = int(latest.read_text().split("-")[1])
+    # The platform restarts the job: the ps comes back on its address, the chief resumes.
+    tf_cluster.start_task("ps", 1)
+    tf_cluster.kill_task("worker:0", signal.SIGTERM)
+    tf_cluster.start_task("worker", 0)
+    time.sleep(1.0)
+    result = tf_cluster.run_chief(dict(params, steps=saved + 20))
+    assert result["restored"] == saved and result["step"] == saved + 20
