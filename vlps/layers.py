@@ -194,7 +194,9 @@ class DynamicEmbedding(keras.layers.Layer):
         emb = tf.gather(emb_u, idx)
         if segments is None:
             shape = tf.concat([tf.shape(inputs), [self.dim]], 0)
-            return tf.reshape(emb, shape)
+            out = tf.reshape(emb, shape)
+            out.set_shape(inputs.shape.concatenate([self.dim]))
+            return out
         total = tf.math.unsorted_segment_sum(emb, segments, nrows)
         if self.combiner == "mean":
             ones = tf.ones_like(segments, tf.float32)

@@ -309,10 +309,14 @@ class EmbeddingTable:
         following push), zeros otherwise (evaluation and serving never create rows)."""
         ids = self.check_ids(ids)
         if self.num_shards == 1:
-            return self._pull_shard(self.shards[0], ids, training)
-        parts, positions, _ = self._partition(ids)
-        outs = [self._pull_shard(s, p, training) for s, p in zip(self.shards, parts, strict=True)]
-        return tf.dynamic_stitch(positions, outs)
+            out = self._pull_shard(self.shards[0], ids, training)
+        else:
+            parts, positions, _ = self._partition(ids)
+            outs = [self._pull_shard(s, p, training)
+                    for s, p in zip(self.shards, parts, strict=True)]
+            out = tf.dynamic_stitch(positions, outs)
+        # Hash-table lookups lose the static shape in graphs; Keras layers downstream need it.
+        return tf.reshape(out, [-1, self.dim])
 
     def _pull_shard(self, shard: _Shard, ids: tf.Tensor, training: bool) -> tf.Tensor:
         with device_scope(shard.device):
