@@ -39,6 +39,7 @@ def job_model(job: Job, manager: JobManager, *, detail: bool = False) -> dict[st
         "id": job.id,
         "user": job.user,
         "name": job.name,
+        "batch": job.batch,
         "state": job.state,
         "reason": job.reason,
         "attempt": job.attempt,
@@ -187,7 +188,8 @@ class JobsHandler(APIHandler):
                     f"valid: {', '.join(s.value for s in JobState)}",
                 ) from None
         limit = _int_arg(self, "limit", 500, 1, 10_000)
-        jobs = self.manager.store.list_jobs(user=target, states=states, limit=limit)
+        batch = self.get_argument("batch", None)
+        jobs = self.manager.store.list_jobs(user=target, states=states, limit=limit, batch=batch)
         self.write_json({"jobs": [job_model(j, self.manager) for j in jobs]})
 
     async def post(self) -> None:

@@ -283,6 +283,9 @@ class JobManager:
             )
 
     async def _finish(self, job: Job, target: JobState, reason: str) -> Job:
+        # Mark the job before the first await so the watch loop leaves it alone while its
+        # tasks are being stopped (their exits are ours, not failures).
+        self._busy.add(job.id)
         try:
             current = self.get(job.id)
             if current.job_state.terminal:

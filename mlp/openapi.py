@@ -95,6 +95,7 @@ def build_openapi(server_url: str, version: str) -> dict[str, Any]:
                 "properties": {"chief": resources, "ps": resources, "worker": resources},
                 "description": "With ps tasks a chief (the coordinator) is added by default.",
             },
+            "batch": {"type": "string", "description": "a label grouping a grid's jobs"},
             "max_runtime": {
                 "oneOf": [
                     {"type": "number", "exclusiveMinimum": 0},
@@ -123,6 +124,7 @@ def build_openapi(server_url: str, version: str) -> dict[str, Any]:
             "id": {"type": "integer"},
             "user": {"type": "string"},
             "name": {"type": "string"},
+            "batch": {"type": ["string", "null"]},
             "state": {"type": "string", "enum": [s.value for s in JobState]},
             "reason": {"type": "string", "description": "why the job is in its state"},
             "attempt": {"type": "integer"},

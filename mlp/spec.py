@@ -21,7 +21,17 @@ DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 MAX_TASKS_PER_TYPE = 64
 
-SPEC_FIELDS = {"name", "source", "args", "env", "params", "runtime", "tasks", "max_runtime"}
+SPEC_FIELDS = {
+    "name",
+    "source",
+    "args",
+    "env",
+    "params",
+    "runtime",
+    "tasks",
+    "max_runtime",
+    "batch",
+}
 TASK_FIELDS = {"count", "cpu", "memory", "gpu"}
 
 
@@ -55,6 +65,7 @@ class JobSpec:
     params: dict[str, Any] = field(default_factory=dict)
     runtime: str | None = None
     max_runtime: float = 86400.0
+    batch: str | None = None  # groups the jobs of a hyperparameter grid for comparison
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +77,7 @@ class JobSpec:
             "params": dict(self.params),
             "runtime": self.runtime,
             "max_runtime": self.max_runtime,
+            "batch": self.batch,
         }
 
     @property
@@ -261,8 +273,12 @@ def validate_spec(
         raise SpecError(
             "max_runtime", f"at most {max_runtime_limit:g} s on this platform, got {max_runtime:g}"
         )
+    batch = spec.get("batch")
+    if batch is not None:
+        batch = validate_name(batch, "batch")
     return JobSpec(
         name=name,
+        batch=batch,
         source=source,
         tasks=ordered,
         args=[str(a) for a in args],

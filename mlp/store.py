@@ -39,6 +39,7 @@ class Job(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     user: Mapped[str] = mapped_column(String(255), index=True)
     name: Mapped[str] = mapped_column(String(63))
+    batch: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
     state: Mapped[str] = mapped_column(String(16), index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -105,12 +106,15 @@ class Store:
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
 
-    def create_job(self, user: str, name: str, spec: dict[str, Any], reason: str) -> Job:
+    def create_job(
+        self, user: str, name: str, spec: dict[str, Any], reason: str, batch: str | None = None
+    ) -> Job:
         now = time.time()
         with self.session() as s:
             job = Job(
                 user=user,
                 name=name,
+                batch=batch,
                 state=JobState.QUEUED.value,
                 reason=reason,
                 spec=spec,
@@ -134,11 +138,14 @@ class Store:
         user: str | None = None,
         states: Iterable[JobState] | None = None,
         limit: int | None = None,
+        batch: str | None = None,
     ) -> list[Job]:
         with self.session() as s:
             q = select(Job).order_by(Job.id.desc())
             if user is not None:
                 q = q.where(Job.user == user)
+            if batch is not None:
+                q = q.where(Job.batch == batch)
             if states is not None:
                 q = q.where(Job.state.in_([st.value for st in states]))
             if limit:

@@ -268,23 +268,34 @@ class LocalProcessBackend(JobBackend):
         self, job_id: int, backend_state: dict[str, Any], tasks: list[str] | None = None
     ) -> None:
         targets = [t for t in backend_state.get("tasks", []) if tasks is None or t["name"] in tasks]
-        live = [t for t in targets if self._task_status(t).running]
+        live = [t for t in targets if self._group_alive(t)]
         for t in live:
             _signal_group(t["pid"], signal.SIGTERM)
         deadline = time.monotonic() + self.stop_grace_period
         while live and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-            live = [t for t in live if self._task_status(t).running]
+            live = [t for t in live if self._group_alive(t)]
         for t in live:
             self.log.warning("job %s task %s ignored SIGTERM; killing it", job_id, t["name"])
             _signal_group(t["pid"], signal.SIGKILL)
-        for t in live:
-            proc = self._children.pop(t["pid"], None)
-            if proc is not None:
-                await asyncio.to_thread(proc.wait)
-        # A group can outlive its leader (a task's own children): end the stragglers too.
-        for t in targets:
-            _signal_group(t["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while live and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            live = [t for t in live if self._group_alive(t)]
+
+    def _group_alive(self, t: dict[str, Any]) -> bool:
+        """Whether anything of the task's process group is left (the wrapper may be gone while
+        the training process, which ignored SIGTERM, lives on)."""
+        proc = self._children.get(t["pid"])
+        if proc is not None and proc.poll() is not None:
+            self._children.pop(t["pid"], None)  # reap the wrapper
+        try:
+            os.killpg(t["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
     def log_paths(self, job_id: int, backend_state: dict[str, Any]) -> dict[str, str]:
         paths: dict[str, str] = {}

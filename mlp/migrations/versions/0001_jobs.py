@@ -20,6 +20,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         sa.Column("user", sa.String(255), nullable=False, index=True),
         sa.Column("name", sa.String(63), nullable=False),
+        sa.Column("batch", sa.String(63), nullable=True, index=True),
         sa.Column("state", sa.String(16), nullable=False, index=True),
         sa.Column("reason", sa.Text(), nullable=False, server_default=""),
         sa.Column("spec", sa.JSON(), nullable=False),
