@@ -223,6 +223,13 @@ class JobManager:
             except OSError as e:
                 self._transition(job, JobState.FAILED, f"could not start the job's tasks: {e}")
                 return
+            except Exception as e:
+                # Never leave a job stuck in Starting: fail it and say where to look.
+                self.log.exception("job %s: unexpected error while starting", job.id)
+                self._transition(job, JobState.FAILED,
+                                 f"internal error while starting ({e.__class__.__name__}: {e}); "
+                                 "see the mlp service log")
+                return
             current = self.get(job.id)
             if current.job_state != JobState.STARTING:
                 # Cancelled while starting: the tasks we just launched must not outlive it.

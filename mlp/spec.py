@@ -154,7 +154,10 @@ def validate_relative_path(path: Any, field_name: str) -> str:
 
 def _validate_source(raw: Any) -> dict[str, str]:
     src = _require_mapping(raw, "source")
-    kinds = [k for k in ("inline", "path", "git") if k in src]
+    # "path" doubles as the file inside a git repository, so git wins when both are given.
+    kinds = [k for k in ("inline", "git") if k in src]
+    if "path" in src and "git" not in src:
+        kinds.append("path")
     if len(kinds) != 1:
         raise SpecError("source", "give exactly one of 'inline' (code), 'path' or 'git'")
     kind = kinds[0]

@@ -140,7 +140,8 @@ class Api:
 
     def __call__(self, method: str, path: str, **kw: Any) -> requests.Response:
         kw.setdefault("timeout", 30)
-        return requests.request(method, self.base + path, headers=self.headers, **kw)
+        headers = {**self.headers, **kw.pop("headers", {})}
+        return requests.request(method, self.base + path, headers=headers, **kw)
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         r = self("POST", "/jobs", json=spec)

@@ -122,3 +122,8 @@ def test_path_is_normalized():
 def test_round_trip_through_dict():
     s = validate_spec(spec(tasks={"worker": {"count": 2}, "ps": {"count": 1}}, params={"lr": 0.1}))
     assert validate_spec(s.to_dict()) == s
+
+
+def test_normalized_git_spec_validates_again():
+    s = validate_spec(spec(source={"git": "https://example.org/r.git", "path": "a/b.py"}))
+    assert validate_spec(s.to_dict()).source["git"] == "https://example.org/r.git"

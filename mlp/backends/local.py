@@ -75,17 +75,17 @@ class LocalProcessBackend(JobBackend):
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(src["inline"], encoding="utf-8")
             return target
-        if "path" in src:
-            script = (home / src["path"]).resolve()
-            if not script.is_relative_to(home.resolve()):
-                raise SetupError(f"source.path {src['path']!r} points outside your home folder")
-            if not script.is_file():
-                raise SetupError(
-                    f"source.path {src['path']!r} does not exist in your home folder "
-                    f"({home}); upload the script or fix the path"
-                )
-            return script
-        return await self._clone(src, workdir)
+        if "git" in src:
+            return await self._clone(src, workdir)
+        script = (home / src["path"]).resolve()
+        if not script.is_relative_to(home.resolve()):
+            raise SetupError(f"source.path {src['path']!r} points outside your home folder")
+        if not script.is_file():
+            raise SetupError(
+                f"source.path {src['path']!r} does not exist in your home folder "
+                f"({home}); upload the script or fix the path"
+            )
+        return script
 
     async def _clone(self, src: dict[str, str], workdir: Path) -> Path:
         checkout = workdir / "src"
