@@ -406,11 +406,18 @@ def _esc(s: str) -> str:
     return html.escape(s)
 
 
+def _metrics_handler() -> type[web.RequestHandler]:
+    from mlp.metrics import MetricsHandler  # mlp.metrics builds on this module's APIHandler
+
+    return MetricsHandler
+
+
 def route_table(api_prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
     return [
         (rf"{api_prefix}/jobs/?", JobsHandler),
         (rf"{api_prefix}/jobs/(?P<job_id>[^/]+)/?", JobHandler),
         (rf"{api_prefix}/jobs/(?P<job_id>[^/]+)/logs/?", LogsHandler),
+        (rf"{api_prefix}/jobs/(?P<job_id>[^/]+)/metrics/?", _metrics_handler()),
         (rf"{api_prefix}/openapi.json", OpenAPIHandler),
         (rf"{api_prefix}/.*", NotFoundHandler),
     ]

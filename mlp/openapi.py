@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlp.metrics import openapi_paths as metrics_openapi_paths
 from mlp.states import JobState
 
 _ERR = {"$ref": "#/components/responses/Error"}
@@ -287,6 +288,7 @@ def build_openapi(server_url: str, version: str) -> dict[str, Any]:
                     },
                 },
             },
+            **metrics_openapi_paths(JOB_ID, _ERR),
             "/openapi.json": {
                 "get": {
                     "summary": "This document",

@@ -1,1 +1,28 @@
-"""mlp_magics."""
+"""mlp_magics: launch and follow platform training jobs from notebooks.
+
+In a notebook: `%load_ext mlp_magics`, then `%%mlp_train`, `%mlp_jobs`, `%mlp_job ID`,
+`%mlp_quota`, `%mlp_logs ID`, `%mlp_cancel ID`, `%mlp_compare BATCH` (see docs/notebooks.md).
+In training code: `mlp_magics.report(step=..., loss=...)`, `mlp_magics.params()` and
+`mlp_magics.keras_callback()`. Importing this package is cheap (no IPython, widgets or
+TensorFlow) so job scripts can use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlp_magics.report import keras_callback, params, report
+
+__all__ = ["keras_callback", "load_ipython_extension", "params", "report"]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    from mlp_magics.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from mlp_magics.magics import unload_ipython_extension as unload
+
+    unload(ipython)
