@@ -155,7 +155,7 @@ def validate_relative_path(path: Any, field_name: str) -> str:
 def _validate_source(raw: Any) -> dict[str, str]:
     src = _require_mapping(raw, "source")
     # "path" doubles as the file inside a git repository, so git wins when both are given.
-    kinds = [k for k in ("inline", "git") if k in src]
+    kinds: list[str] = [k for k in ("inline", "git") if k in src]
     if "path" in src and "git" not in src:
         kinds.append("path")
     if len(kinds) != 1:

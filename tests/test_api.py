@@ -225,7 +225,7 @@ def test_follow_sends_keepalives_and_survives_a_client_that_leaves(hub: Hub, ali
     r = requests.get(url, headers={"Authorization": f"token {hub.tokens['alice']}"},
                      stream=True, timeout=30)
     seen = []
-    for kind, data in sse(r):
+    for kind, _data in sse(r):
         seen.append(kind)
         if kind == "comment":  # keepalive interval is 1 s in the test hub
             break

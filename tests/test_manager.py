@@ -10,8 +10,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import wait_for_state
+
 from mlp.states import JobState
 
 END = {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT}
@@ -286,8 +286,8 @@ async def test_unknown_runtime_is_refused_at_submit(manager_factory):
     from mlp.manager import RuntimeNotConfigured
 
     m = manager_factory()
-    with pytest.raises(RuntimeNotConfigured, match="'tf-1.15' is not configured; available: "
-                                                   "default"):
+    with pytest.raises(RuntimeNotConfigured, match=r"'tf-1\.15' is not configured; available: "
+                                                   r"default"):
         m.submit("alice", inline("print(1)", runtime="tf-1.15"))
     assert m.store.list_jobs() == []
 

@@ -1,5 +1,7 @@
 """The job state machine."""
 
+import itertools
+
 import pytest
 
 from mlp.states import TERMINAL_STATES, JobState, TransitionError, check_transition
@@ -8,7 +10,7 @@ HAPPY = [JobState.QUEUED, JobState.STARTING, JobState.RUNNING, JobState.SUCCEEDE
 
 
 def test_happy_path_is_legal():
-    for a, b in zip(HAPPY, HAPPY[1:], strict=False):
+    for a, b in itertools.pairwise(HAPPY):
         check_transition(a, b)
 
 
