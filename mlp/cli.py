@@ -95,7 +95,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     job = _client(args).submit(spec)
     print(f"submitted job {job['id']} ({job['name']}): {job['state']}")
     if args.follow:
-        return _follow(args, job["id"], None, 0)
+        # From the first line: the job may have started before the stream opened.
+        return _follow(args, job["id"], None, 100_000)
     return 0
 
 

@@ -173,7 +173,8 @@ load_subconfig({str(HUB_CONFIG)!r})
 c.JupyterHub.services.append({{"name": "test-admin", "api_token": {admin_token!r}}})
 c.JupyterHub.load_roles.append({{
     "name": "test-admin", "services": ["test-admin"],
-    "scopes": ["admin:users", "admin:servers", "tokens", "admin:groups", "list:users"],
+    "scopes": ["admin:users", "admin:servers", "tokens", "admin:groups", "list:users",
+               "read:services", "list:services"],
 }})
 for s in c.JupyterHub.services:
     if s["name"] == "mlp":
