@@ -8,7 +8,6 @@ import time
 
 import pytest
 import requests
-
 from conftest import Hub
 
 pytestmark = pytest.mark.integration
