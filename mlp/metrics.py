@@ -154,8 +154,13 @@ def read_metrics(
         if task is not None and rec_task != task:
             continue
         prev = report.latest.get(rec_task)
-        if prev is None or step >= prev["step"]:
-            report.latest[rec_task] = {"step": step, "time": at, "metrics": values}
+        if prev is not None and step == prev["step"]:
+            # Several reports of one step (e.g. the framework's loss, then the script's own
+            # metrics) are one row of results.
+            prev["metrics"].update(values)
+            prev["time"] = max(prev["time"], at)
+        elif prev is None or step > prev["step"]:
+            report.latest[rec_task] = {"step": step, "time": at, "metrics": dict(values)}
         if since is not None and step <= since:
             continue
         per_task = report.series.setdefault(rec_task, {})

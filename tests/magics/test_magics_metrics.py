@@ -98,6 +98,13 @@ def test_reader_filters(tmp_path: Path):
     assert r["latest"]["worker:0"]["metrics"] == {"loss": 0.2, "auc": 0.5}
 
 
+def test_reports_of_one_step_merge_in_latest(tmp_path: Path):
+    path = tmp_path / "metrics.jsonl"
+    _write(path, [rec(5, loss=0.3), rec(6, loss=0.2), rec(6, final_loss=0.25), rec(4, x=1.0)])
+    assert read_metrics(path).to_dict()["latest"]["chief:0"] == {
+        "step": 6, "time": 1006.0, "metrics": {"loss": 0.2, "final_loss": 0.25}}
+
+
 def test_reader_bounds_series_and_keeps_the_latest_point(tmp_path: Path):
     path = tmp_path / "metrics.jsonl"
     _write(path, [rec(s, loss=float(s)) for s in range(1, 10_002)])
