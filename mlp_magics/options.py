@@ -25,7 +25,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split
 
-from mlp.spec import NAME_RE, SpecError, validate_spec
+from mlp.spec import NAME_RE, SPEC_FIELDS, SpecError, validate_spec
 
 ROLES = ("chief", "ps", "worker")
 RESOURCES = ("cpu", "memory", "gpu")
@@ -343,6 +343,7 @@ def _spec_error(e: SpecError, given: dict[str, str]) -> OptionError:
     option = {
         "name": "--name", "batch": "--name", "max_runtime": "--max-runtime",
         "runtime": "--runtime", "env": "--env", "params": "--param", "args": "--arg",
+        "pool": "--pool", "priority": "--priority", "depends_on": "--after",
     }.get(parts[0], "options")
     if parts[0] == "source":
         option = "--git" if "git" in given else "--from-file" if "from_file" in given else "cell"
@@ -493,8 +494,11 @@ def build_plan(
         specs.append(s)
 
     # ---- the service's own validation
+    # Scheduling fields are checked by the service's validator once it knows them; until then
+    # they are left out here and passed through for the service to judge.
+    unknown_here = [f for f in SCHEDULING_FIELDS if f not in SPEC_FIELDS]
     for s in specs:
-        core = {k: v for k, v in s.items() if k not in SCHEDULING_FIELDS}
+        core = {k: v for k, v in s.items() if k not in unknown_here}
         try:
             validate_spec(core, max_runtime_limit=None)
         except SpecError as e:
