@@ -3,8 +3,9 @@
 For batches of 65,536 Zipf-distributed ids (dim 16 and 64, Adagrad) it times
   ceiling   a bare tf.lookup.experimental.DenseHashTable lookup + insert of the batch
   vlps      EmbeddingTable: unique -> pull -> push (Adagrad on the rows), 1 shard in-process
-  vlps-grpc the same with the table on a ps task reached over localhost gRPC (--grpc)
-and prints ids/s medians with the ratio to the ceiling measured in the same run.
+  vlps-grpc the same with the table on a ps task reached over localhost gRPC (not --no-grpc)
+(ids/s counts the batch's 65,536 ids for every case) and prints ids/s medians with the ratio to
+the ceiling measured in the same rounds (cases alternate, so noise hits them alike).
 
   .venv/bin/python bench/vlps_ops.py [--batches 20] [--repeats 5] [--dims 16,64] [--no-grpc]
 """
@@ -35,18 +36,28 @@ def zipf_batches(n: int, seed: int = 0, a: float = 1.2) -> list[tf.Tensor]:
     return out
 
 
-def time_fn(fn, batches: list[tf.Tensor], repeats: int) -> float:
-    fn(batches[0])  # trace
-    rates = []
+def one_pass(fn, batches: list[tf.Tensor]) -> float:
+    t0 = time.perf_counter()
+    for b in batches:
+        out = fn(b)
+    int(out)  # the last step has finished
+    return len(batches) * BATCH / (time.perf_counter() - t0)
+
+
+def interleaved(fns: dict[str, object], batches: list[tf.Tensor], repeats: int) -> dict:
+    """Rates of several step functions timed in alternating passes over the same batches
+    (one pass each per round), so machine noise hits all of them alike. The first pass of
+    each (tracing, growing its table to hold every id of the batches) is not timed."""
+    for fn in fns.values():
+        one_pass(fn, batches)
+    rates: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for b in batches:
-            fn(b)
-        rates.append(len(batches) * BATCH / (time.perf_counter() - t0))
-    return statistics.median(rates)
+        for k, fn in fns.items():
+            rates[k].append(one_pass(fn, batches))
+    return rates
 
 
-def ceiling(dim: int, batches: list[tf.Tensor], repeats: int, device: str | None) -> float:
+def ceiling_fn(dim: int, device: str | None):
     with tf.device(device or "/cpu:0"):
         table = tf.lookup.experimental.DenseHashTable(
             tf.int64, tf.float32, default_value=tf.zeros([dim]), empty_key=-(2**63),
@@ -58,15 +69,15 @@ def ceiling(dim: int, batches: list[tf.Tensor], repeats: int, device: str | None
         table.insert(ids, rows + 0.01)
         return tf.size(ids)
 
-    return time_fn(step, batches, repeats)
+    return step
 
 
-def vlps_rate(dim: int, batches: list[tf.Tensor], repeats: int, placement=None) -> float:
+def vlps_fn(dim: int, placement=None, name: str = ""):
     import vlps
     from vlps.placement import Placement, placement_scope
 
     with placement_scope(placement or Placement()):
-        table = vlps.EmbeddingTable(f"bench{dim}", dim, optimizer=vlps.Adagrad(0.05))
+        table = vlps.EmbeddingTable(f"bench{dim}{name}", dim, optimizer=vlps.Adagrad(0.05))
     grad = tf.fill([BATCH, dim], 0.01)
 
     @tf.function
@@ -76,13 +87,13 @@ def vlps_rate(dim: int, batches: list[tf.Tensor], repeats: int, placement=None) 
         table.push(unique, grad[: tf.shape(unique)[0]] + 0 * emb, 1)
         return tf.size(unique)
 
-    return time_fn(step, batches, repeats)
+    return step
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--dims", default="16,64")
     ap.add_argument("--no-grpc", action="store_true")
     args = ap.parse_args()
@@ -106,20 +117,21 @@ def main() -> None:
         tf.config.experimental_connect_to_cluster(spec, job_name="chief")
         grpc_devices = Placement(["/job:ps/replica:0/task:0/device:CPU:0"])
     print(f"batch {BATCH} Zipf(1.2) ids over 1e9, ~{uniq:.0f} unique per batch; "
-          f"{args.batches} batches x {args.repeats} repeats; medians; table pre-grown by "
-          "the first repeat")
-    print(f"{'dim':>4} {'case':<34} {'ids/s':>12} {'x ceiling':>10}")
+          f"{args.batches} batches per pass; {args.repeats} rounds, each timing one pass of "
+          "every case in turn; medians; ratio = median of the per-round ratios")
+    print("| dim | case | ids/s | x ceiling |")
+    print("| ---: | --- | ---: | ---: |")
     for dim in (int(d) for d in args.dims.split(",")):
-        base = ceiling(dim, batches, args.repeats, None)
-        rows = [("ceiling: DenseHashTable lookup+insert", base),
-                ("vlps pull+push (Adagrad), in-process", vlps_rate(dim, batches, args.repeats))]
+        fns = {"ceiling: DenseHashTable lookup+insert": ceiling_fn(dim, None),
+               "vlps pull+push (Adagrad), in-process": vlps_fn(dim)}
         if grpc_devices is not None:
-            g_base = ceiling(dim, batches, args.repeats, grpc_devices.ps_devices[0])
-            rows.append(("ceiling over localhost gRPC", g_base))
-            rows.append(("vlps pull+push over localhost gRPC",
-                         vlps_rate(dim, batches, args.repeats, grpc_devices)))
-        for name, rate in rows:
-            print(f"{dim:>4} {name:<34} {rate:>12,.0f} {rate / base:>10.2f}")
+            fns["ceiling over localhost gRPC"] = ceiling_fn(dim, grpc_devices.ps_devices[0])
+            fns["vlps pull+push over localhost gRPC"] = vlps_fn(dim, grpc_devices, "g")
+        rates = interleaved(fns, batches, args.repeats)
+        base = rates["ceiling: DenseHashTable lookup+insert"]
+        for name, r in rates.items():
+            ratio = statistics.median(x / b for x, b in zip(r, base, strict=True))
+            print(f"| {dim} | {name} | {statistics.median(r):,.0f} | {ratio:.2f} |")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,10 @@ def _batch(seed: int, index: tf.Tensor, batch_size: int, num_fields: int, num_de
     s = tf.stack([tf.constant(seed, tf.int64), index])
     u = tf.random.stateless_uniform([batch_size, num_fields], seed=s, minval=1e-7, maxval=1.0)
     # Pareto inverse CDF: P(rank >= r) = r^-(a-1), a continuous Zipf with exponent a.
-    rank = tf.minimum(tf.floor(tf.pow(u, -1.0 / (zipf_a - 1.0))), float(id_space - 1))
+    # In float64: float32 pow differs in the last bit between TF versions, which moved ~1% of
+    # the tail ids; the TFRA peer (TF 2.16) must draw exactly the same ids as TF 2.21.
+    u64 = tf.cast(u, tf.float64)
+    rank = tf.minimum(tf.floor(tf.pow(u64, -1.0 / (zipf_a - 1.0))), float(id_space - 1))
     rank = tf.cast(rank, tf.int64)
     field = tf.range(num_fields, dtype=tf.int64)[None, :]
     mixed = mix64(tf.bitcast(rank * 64 + field, tf.uint64))
@@ -30,15 +33,27 @@ def _batch(seed: int, index: tf.Tensor, batch_size: int, num_fields: int, num_de
                                      tf.int64), id_space)
     cat = field * FIELD_STRIDE + local
     dense = tf.random.stateless_normal([batch_size, num_dense], seed=s + 1)
+    logit = generating_logit({"cat": cat, "num": dense}, signal)
+    label = tf.cast(
+        tf.random.stateless_uniform([batch_size], seed=s + 2) < tf.sigmoid(logit), tf.float32)
+    return {"cat": cat, "num": dense}, label[:, None]
+
+
+def generating_logit(features: dict[str, tf.Tensor], signal: float = 2.0) -> tf.Tensor:
+    """The true logit of the generating model for a batch of features, shape [b]:
+    `signal * sum_f w(id_f) / sqrt(fields) + 0.5 * num . beta / sqrt(num_dense) - 1`, where
+    w(id) ~ N(0, 1) is a fixed draw from the id itself and beta a fixed N(0, 1) vector. The id
+    term has standard deviation `signal`: per-id effects dominate the label. Benchmarks use it
+    for the Bayes-optimal ("oracle") AUC."""
+    cat, dense = features["cat"], features["num"]
+    batch_size, num_fields = tf.shape(cat)[0], cat.shape[1]
+    num_dense = dense.shape[1]
     # True per-id weight: a fixed normal draw from the id itself.
     w = tf.math.ndtri(uniform01(tf.reshape(cat, [-1]), 12345, 1))
     w = tf.reshape(w, [batch_size, num_fields])
     beta = tf.math.ndtri(uniform01(tf.range(num_dense, dtype=tf.int64), 777, 1))[:, 0]
-    logit = signal * tf.reduce_sum(w, 1) / tf.sqrt(float(num_fields)) \
+    return signal * tf.reduce_sum(w, 1) / tf.sqrt(float(num_fields)) \
         + 0.5 * tf.linalg.matvec(dense, beta) / tf.sqrt(float(num_dense)) - 1.0
-    label = tf.cast(
-        tf.random.stateless_uniform([batch_size], seed=s + 2) < tf.sigmoid(logit), tf.float32)
-    return {"cat": cat, "num": dense}, label[:, None]
 
 
 def synthetic_ctr(

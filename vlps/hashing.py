@@ -7,6 +7,7 @@ number of shards, and in an exported SavedModel that runs without vlps.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 # SplitMix64 finalizer constants (Steele, Lea, Flood 2014). The finalizer is a bijection on
@@ -61,7 +62,11 @@ def uniform01(ids: tf.Tensor, seed: int, width: int) -> tf.Tensor:
             tf.constant((seed * _GOLDEN) & 0xFFFFFFFFFFFFFFFF, tf.uint64),
         )
     )
-    cols = tf.constant([((j + 1) * _GOLDEN) & 0xFFFFFFFFFFFFFFFF for j in range(width)], tf.uint64)
+    # An explicit uint64 array: inside a tf.function, tf.constant(list of Python ints) goes
+    # through numpy without the dtype, and a list mixing values above and below 2**63 becomes
+    # float64 there (rounded), so graph and eager would initialise rows differently.
+    cols = tf.constant(np.array([((j + 1) * _GOLDEN) & 0xFFFFFFFFFFFFFFFF for j in range(width)],
+                                dtype=np.uint64))
     bits = mix64(base[:, None] + cols[None, :])
     # 24 random bits -> exactly representable float32 in (0, 1).
     top = tf.cast(tf.bitwise.right_shift(bits, tf.constant(40, tf.uint64)), tf.float32)

@@ -40,6 +40,10 @@ def wide_deep(
     from vlps import optimizers
 
     def opt() -> Any:
+        if isinstance(optimizer, optimizers.Optimizer):
+            # An instance carries all its hyperparameters (learning_rate is then ignored).
+            return type(optimizer)(**{k: v for k, v in vars(optimizer).items()
+                                      if not k.startswith("_")})
         return optimizers.get(optimizer).__class__(learning_rate=learning_rate)
 
     inputs = _inputs(num_fields, num_dense)

@@ -14,6 +14,7 @@ shard, so the full int64 range is usable.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,6 +137,10 @@ class _Shard:
                 tf.zeros([len(COUNTER_NAMES)], tf.int64), trainable=False,
                 name=f"vlps_{table.name}_{index}_counters",
             )
+            # Bumped by every insert and remove: a push may reuse the rows its pull read in
+            # the same graph only while the shard has not changed since (see EmbeddingTable).
+            self.version = tf.Variable(
+                tf.constant(0, tf.int64), trainable=False, name=f"vlps_{table.name}_{index}_ver")
 
     # -- raw row access (handles the two reserved keys) ---------------------------------------
     def lookup_rows(self, ids: tf.Tensor) -> tf.Tensor:
@@ -170,6 +175,7 @@ class _Shard:
         return tf.cond(self.dirty, careful, plain)
 
     def insert_rows(self, ids: tf.Tensor, rows: tf.Tensor) -> None:
+        self.version.assign_add(1)
         is_s = ids <= DELETED_KEY
 
         def fast() -> tf.Tensor:
@@ -192,6 +198,7 @@ class _Shard:
                 return tf.constant(0)
 
         tf.cond(tf.size(main_ids) > 0, mark, lambda: tf.constant(0))
+        self.version.assign_add(1)
         self.main.remove(main_ids)
         self.side.remove(tf.boolean_mask(ids, is_s))
 
@@ -266,6 +273,8 @@ class EmbeddingTable:
         self.shards = [
             _Shard(self, i, dev) for i, dev in enumerate(placement.shard_devices(num_shards))
         ]
+        self._stash: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = \
+            weakref.WeakKeyDictionary()
         self._slot_init = tf.constant(
             [v for v in self.optimizer.initial_slot_values() for _ in range(dim)], tf.float32
         )
@@ -296,11 +305,28 @@ class EmbeddingTable:
         return ids
 
     # -- pull / push --------------------------------------------------------------------------
-    def _partition(self, ids: tf.Tensor) -> tuple[list[tf.Tensor], list[tf.Tensor], tf.Tensor]:
+    def _partition(
+        self, ids: tf.Tensor
+    ) -> tuple[list[tf.Tensor], list[tf.Tensor], tf.Tensor | None]:
         shard = shard_of(ids, self.num_shards)
         parts = tf.dynamic_partition(ids, shard, self.num_shards)
         positions = tf.dynamic_partition(tf.range(tf.size(ids)), shard, self.num_shards)
         return parts, positions, shard
+
+    # A training step pulls the batch's unique ids and then pushes the same tensor. Inside one
+    # graph the push reuses the full rows (embedding + slots) its pull looked up, so an
+    # existing row costs one hash lookup + one insert per step instead of two lookups + one
+    # insert. The rows stay on the shard's device; the push checks the shard's version and
+    # looks the rows up again if anything was inserted or removed in between (another
+    # worker's push, an eviction), so the result is the same as without the reuse.
+    def _stash_for(self, create: bool) -> dict[Any, Any] | None:
+        if tf.executing_eagerly():
+            return None
+        graph = tf.compat.v1.get_default_graph()
+        stash = self._stash.get(graph)
+        if stash is None and create:
+            stash = self._stash[graph] = {}
+        return stash
 
     def pull(self, ids: tf.Tensor, training: bool = True) -> tf.Tensor:
         """Embeddings [n, dim] of unique ids, one lookup per shard.
@@ -308,30 +334,39 @@ class EmbeddingTable:
         Unknown ids get their initial value when `training` (the row is created by the
         following push), zeros otherwise (evaluation and serving never create rows)."""
         ids = self.check_ids(ids)
-        if self.num_shards == 1:
-            out = self._pull_shard(self.shards[0], ids, training)
-        else:
-            parts, positions, _ = self._partition(ids)
-            outs = [self._pull_shard(s, p, training)
-                    for s, p in zip(self.shards, parts, strict=True)]
-            out = tf.dynamic_stitch(positions, outs)
+        stash = self._stash_for(create=True) if training else None
+        parts, positions, shard = (
+            ([ids], [], None) if self.num_shards == 1 else self._partition(ids))
+        outs, kept = [], []
+        for s, p in zip(self.shards, parts, strict=True):
+            emb, rows, version = self._pull_shard(s, p, training, keep=stash is not None)
+            outs.append(emb)
+            kept.append((rows, version))
+        if stash is not None:
+            stash[ids.ref()] = (parts, shard, kept)
+        out = outs[0] if self.num_shards == 1 else tf.dynamic_stitch(positions, outs)
         # Hash-table lookups lose the static shape in graphs; Keras layers downstream need it.
         return tf.reshape(out, [-1, self.dim])
 
-    def _pull_shard(self, shard: _Shard, ids: tf.Tensor, training: bool) -> tf.Tensor:
+    def _pull_shard(
+        self, shard: _Shard, ids: tf.Tensor, training: bool, keep: bool = False
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
         with device_scope(shard.device):
-            rows = shard.lookup_rows(ids)
+            # Read the version before the lookup: a push compares it to decide reuse.
+            version = shard.version.read_value() if keep else None
+            with tf.control_dependencies([version] if version is not None else []):
+                rows = shard.lookup_rows(ids)
             emb = rows[:, : self.dim]
             if not training or self.admission.active:
                 # Not-yet-admitted and unknown ids embed as the default row's zeros.
-                return emb
+                return emb, rows, version
             missing = tf.where(last_steps(rows) < 0)
 
             def fill() -> tf.Tensor:
                 init = self.initializer(tf.gather_nd(ids, missing), self.dim)
                 return tf.tensor_scatter_nd_update(emb, missing, init)
 
-            return tf.cond(tf.size(missing) > 0, fill, lambda: emb)
+            return tf.cond(tf.size(missing) > 0, fill, lambda: emb), rows, version
 
     def push(self, ids: tf.Tensor, grads: tf.Tensor, step: tf.Tensor) -> None:
         """Apply the optimizer on each shard's device to the rows of unique `ids`.
@@ -340,18 +375,31 @@ class EmbeddingTable:
         ids = self.check_ids(ids)
         grads = tf.convert_to_tensor(grads, tf.float32)
         step = tf.cast(step, tf.int64)
-        if self.num_shards == 1:
-            self._push_shard(self.shards[0], ids, grads, step)
-            return
-        parts, _, shard = self._partition(ids)
-        gparts = tf.dynamic_partition(grads, shard, self.num_shards)
-        for s, p, g in zip(self.shards, parts, gparts, strict=True):
-            self._push_shard(s, p, g, step)
+        stash = self._stash_for(create=False)
+        entry = stash.pop(ids.ref(), None) if stash is not None else None
+        if entry is not None:
+            parts, shard, kept = entry
+        elif self.num_shards == 1:
+            parts, shard, kept = [ids], None, [(None, None)]
+        else:
+            parts, _, shard = self._partition(ids)
+            kept = [(None, None)] * self.num_shards
+        gparts = [grads] if shard is None else tf.dynamic_partition(grads, shard,
+                                                                    self.num_shards)
+        for s, p, g, (rows, version) in zip(self.shards, parts, gparts, kept, strict=True):
+            self._push_shard(s, p, g, step, rows, version)
 
-    def _push_shard(self, shard: _Shard, ids: tf.Tensor, grads: tf.Tensor, step: tf.Tensor) -> None:
+    def _push_shard(
+        self, shard: _Shard, ids: tf.Tensor, grads: tf.Tensor, step: tf.Tensor,
+        pulled: tf.Tensor | None = None, version: tf.Tensor | None = None,
+    ) -> None:
         d = self.dim
         with device_scope(shard.device):
-            rows = shard.lookup_rows(ids)
+            if pulled is not None and version is not None:
+                rows = tf.cond(tf.equal(shard.version.read_value(), version),
+                               lambda: tf.identity(pulled), lambda: shard.lookup_rows(ids))
+            else:
+                rows = shard.lookup_rows(ids)
             exists = last_steps(rows) >= 0
             if self.admission.active:
                 admitted = self._admit(shard, ids, exists, step)

@@ -126,3 +126,46 @@ def test_eviction_by_ttl_and_cap() -> None:
     assert np.all(kept[:6] == 0) and np.all(kept[6:] != 0)
     with pytest.raises(ValueError, match="ttl_steps"):
         vlps.Eviction(ttl_steps=0)
+
+
+@pytest.mark.parametrize("num_shards", [1, 2])
+def test_push_reuses_pulled_rows_only_while_the_shard_is_unchanged(num_shards: int) -> None:
+    """Inside one graph a push reuses the rows its pull read; if the shard changed in between
+    (here: another push of overlapping ids) it must look them up again. Results must equal
+    the eager pull/push sequence, which never reuses rows."""
+    opt = vlps.Adam(0.1)
+    fused = vlps.EmbeddingTable(f"fused{num_shards}", 3, optimizer=opt, num_shards=num_shards)
+    eager = vlps.EmbeddingTable(f"eager{num_shards}", 3, optimizer=vlps.Adam(0.1),
+                                num_shards=num_shards)
+    ids = tf.constant([5, 7, -(2**63), 11, 2**40], tf.int64)
+    other = tf.constant([7, 11, 99], tf.int64)
+
+    def step(table, ids, other, s, interleave):
+        emb = table.pull(ids)
+        if interleave:  # an update between pull and push: the pulled rows are stale
+            table.push(other, tf.ones([3, 3]), s)
+        table.push(ids, 0.5 * emb + 1.0, s)
+
+    graph_step = tf.function(lambda i, o, s, x: step(fused, i, o, s, x))
+    for s in range(1, 5):
+        interleave = s % 2 == 0
+        graph_step(ids, other, tf.constant(s, tf.int64), interleave)
+        step(eager, ids, other, tf.constant(s, tf.int64), interleave)
+    both = tf.concat([ids, other], 0)
+    keys_f = [s.export_rows() for s in fused.shards]
+    keys_e = [s.export_rows() for s in eager.shards]
+    for (kf, rf), (ke, re_) in zip(keys_f, keys_e, strict=True):
+        of, oe = np.argsort(kf.numpy()), np.argsort(ke.numpy())
+        np.testing.assert_array_equal(kf.numpy()[of], ke.numpy()[oe])
+        np.testing.assert_allclose(rf.numpy()[of], re_.numpy()[oe], rtol=1e-6)
+    assert fused.size() == eager.size() == 6
+    np.testing.assert_allclose(fused.pull(both, training=False).numpy(),
+                               eager.pull(both, training=False).numpy(), rtol=1e-6)
+
+
+def test_initial_rows_are_the_same_in_graphs_and_eagerly() -> None:
+    # Regression: tf.constant(list of uint64 ints) inside a tf.function went through float64.
+    ids = tf.constant([5, 7, -(2**63), 2**62 + 3], tf.int64)
+    init = vlps.initializers.get("uniform")
+    np.testing.assert_array_equal(init(ids, 8).numpy(),
+                                  tf.function(lambda i: init(i, 8))(ids).numpy())
