@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import Api, start_hub, stop_hub  # noqa: E402
+from mlptest import Api, start_hub, stop_hub  # noqa: E402
 
 ENTRY = """
 import os, pathlib, time

@@ -136,3 +136,8 @@ c.JupyterHub.load_roles = [
 
 # ---------------------------------------------------------------- the mlp service
 c.MLPService.data_dir = str(data_dir)
+# Small defaults so a parameter-server job (chief + 2 ps + 1 worker) fits a 2-core laptop.
+c.MLPService.default_task_cpu = "0.5"
+c.MLPService.default_task_memory = "1Gi"
+# Quotas (see docs/scheduling.md): both pools are this machine unless set here, e.g.
+# c.QuotaConfig.groups = {"ads": {"cohort": "ml", "limits": {"default": {"cpu": 8}}}}

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from tornado import web
-from traitlets import Dict, Float, Integer, List, Type, Unicode, Union, default, validate
+from traitlets import Bool, Dict, Float, Integer, List, Type, Unicode, Union, default, validate
 from traitlets.config import Application
 
 from mlp import __version__
@@ -22,6 +22,8 @@ from mlp.backends.local import LocalProcessBackend
 from mlp.handlers import HomeHandler, route_table
 from mlp.manager import JobManager, ManagerSettings
 from mlp.openapi import build_openapi
+from mlp.quota import QuotaService
+from mlp.scheduling import QuotaConfig, ScorePolicy
 from mlp.scheduling.resources import parse_cpu, parse_memory
 from mlp.spec import TaskSpec
 from mlp.store import Store
@@ -36,10 +38,11 @@ class MLPService(Application):
     description = "The mlp control plane: job store, queue and backends, behind a REST API."
     version = __version__
 
-    classes = [LocalProcessBackend]
+    classes = [LocalProcessBackend, QuotaConfig, ScorePolicy]
 
     aliases = {
         "config": "MLPService.config_file",
+        "extra-config": "MLPService.extra_config_file",
         "data-dir": "MLPService.data_dir",
         "port": "MLPService.port",
         "log-level": "Application.log_level",
@@ -50,6 +53,15 @@ class MLPService(Application):
         config=True,
         help="""A traitlets config file to load, usually the hub's jupyterhub_config.py, so one
         file configures the whole platform (`c.MLPService.*`, `c.LocalProcessBackend.*`).""",
+    )
+    extra_config_file = Unicode(
+        "", config=True,
+        help="""A second config file loaded after `config_file` (site overrides, tests).""",
+    )
+    backfill = Bool(
+        True, config=True,
+        help="""Let smaller jobs start ahead of a blocked job when they finish (by their
+        declared max_runtime) before it could start. See docs/scheduling.md.""",
     )
     data_dir = Unicode(
         config=True,
@@ -150,11 +162,12 @@ class MLPService(Application):
 
     def initialize(self, argv: list[str] | None = None) -> None:
         super().initialize(argv)
-        if self.config_file:
-            self.load_config_file(self.config_file)
-            # Command-line options win over the file, as in JupyterHub.
-            if self.cli_config:
-                self.update_config(self.cli_config)
+        for path in (self.config_file, self.extra_config_file):
+            if path:
+                self.load_config_file(path)
+        # Command-line options win over the files, as in JupyterHub.
+        if self.cli_config:
+            self.update_config(self.cli_config)
         self.log.setLevel(self.log_level)
         Path(self.data_dir).mkdir(parents=True, exist_ok=True)
         self.store = Store(self.db_url)
@@ -181,7 +194,14 @@ class MLPService(Application):
             default_max_runtime=self.default_max_runtime,
             max_runtime_limit=self.max_runtime_limit,
         )
-        self.manager = JobManager(self.store, self.backend, settings, log=self.log)
+        self.quota_config = QuotaConfig(parent=self)
+        self.quota = QuotaService(self.store, self.quota_config, ScorePolicy(parent=self),
+                                  backfill=self.backfill)
+        from mlp.alerts import AlertNotifier
+
+        self.notifier = AlertNotifier(parent=self, log=self.log)
+        self.manager = JobManager(self.store, self.backend, settings, self.quota,
+                                  notifier=self.notifier, log=self.log)
 
     def make_app(self) -> web.Application:
         prefix = self.base_url.rstrip("/")

@@ -15,6 +15,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from mlp.manager import JobManager, JobNotFound, RuntimeNotConfigured
+from mlp.quota import QuotaError
 from mlp.spec import SpecError
 from mlp.states import JobState
 from mlp.store import Job
@@ -47,7 +48,12 @@ def job_model(job: Job, manager: JobManager, *, detail: bool = False) -> dict[st
         "updated_at": iso(job.updated_at),
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
+        "group": job.group,
+        "pool": job.pool,
+        "priority": job.priority,
     }
+    if job.job_state == JobState.QUEUED:
+        model["queue"] = manager.queue_info(job)
     if detail:
         model["spec"] = job.spec
         obs = manager.observe(job) if job.job_state.active else None
@@ -196,9 +202,12 @@ class JobsHandler(APIHandler):
         user = self.require_user()
         raw = self.json_body()
         try:
-            job = self.manager.submit(user["name"], raw)
+            job = self.manager.submit(user["name"], raw, hub_groups=user.get("groups", []))
         except SpecError as e:
             raise ApiError(400, "invalid_spec", str(e), field=e.field) from None
+        except QuotaError as e:
+            extra: dict[str, Any] = {"blocking": e.blocking} if e.blocking else {}
+            raise ApiError(e.status, e.error, e.message, **extra) from None
         except RuntimeNotConfigured as e:
             raise ApiError(400, "invalid_spec", f"runtime: {e}", field="runtime") from None
         self.set_header("Location", f"{self.request.path.rstrip('/')}/{job.id}")
@@ -413,11 +422,14 @@ def _metrics_handler() -> type[web.RequestHandler]:
 
 
 def route_table(api_prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
+    from mlp.quota_handlers import quota_routes  # it builds on this module's APIHandler
+
     return [
         (rf"{api_prefix}/jobs/?", JobsHandler),
         (rf"{api_prefix}/jobs/(?P<job_id>[^/]+)/?", JobHandler),
         (rf"{api_prefix}/jobs/(?P<job_id>[^/]+)/logs/?", LogsHandler),
         (rf"{api_prefix}/jobs/(?P<job_id>[^/]+)/metrics/?", _metrics_handler()),
+        *quota_routes(api_prefix),
         (rf"{api_prefix}/openapi.json", OpenAPIHandler),
         (rf"{api_prefix}/.*", NotFoundHandler),
     ]

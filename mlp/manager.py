@@ -9,12 +9,26 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlp.backends.base import JobBackend, JobLaunch, Observation, SetupError
-from mlp.spec import JobSpec, TaskSpec, validate_spec
-from mlp.states import JobState, TransitionError
+from mlp.quota import QuotaError, QuotaService, job_holder_id, job_id_of
+from mlp.scheduling import PRODUCTION_POOL, Preemption, resolve_group
+from mlp.scheduling.scheduler import validate_fits_ever
+from mlp.spec import JobSpec, SpecError, TaskSpec, validate_spec
+from mlp.states import TERMINAL_STATES, JobState, TransitionError
 from mlp.store import Job, Store
+
+if TYPE_CHECKING:
+    from mlp.alerts import AlertNotifier
+
+ALERT_EVENT = {
+    JobState.SUCCEEDED: "succeeded",
+    JobState.FAILED: "failed",
+    JobState.TIMED_OUT: "timed_out",
+    JobState.CANCELLED: "cancelled",
+    JobState.PREEMPTED: "preempted",
+}
 
 
 class JobNotFound(KeyError):
@@ -46,11 +60,17 @@ class JobManager:
         store: Store,
         backend: JobBackend,
         settings: ManagerSettings,
+        quota: QuotaService,
+        notifier: AlertNotifier | None = None,
         log: logging.Logger | None = None,
     ):
         self.store = store
         self.backend = backend
         self.settings = settings
+        self.quota = quota
+        self.notifier = notifier
+        # Queued jobs waiting for their dependencies (not in the scheduler yet).
+        self._waiting: set[int] = set()
         self.log = log or logging.getLogger("mlp.manager")
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -75,14 +95,127 @@ class JobManager:
             )
         return spec
 
-    def submit(self, user: str, raw: Any) -> Job:
+    def submit(self, user: str, raw: Any, hub_groups: list[str] | None = None) -> Job:
+        """Validate, charge to a quota group and pool, and queue a job (or refuse it)."""
         spec = self.validate(raw)
-        job = self.store.create_job(user, spec.name, spec.to_dict(), reason=f"submitted by {user}")
-        self.log.info(
-            "job %s (%s) submitted by %s: %s", job.id, spec.name, user, spec.describe_tasks()
+        if spec.alerts and self.notifier is not None and not self.notifier.email_enabled:
+            for i, alert in enumerate(spec.alerts):
+                if "email" in alert:
+                    raise SpecError(
+                        f"alerts[{i}].email",
+                        "email alerts are not configured on "
+                        "this platform (c.AlertNotifier.smtp_host)",
+                    )
+        ledger = self.quota.ledger
+        try:
+            group = resolve_group(
+                user,
+                hub_groups or [],
+                ledger.groups,
+                self.quota.config.default_group,
+                requested=spec.group,
+            )
+        except ValueError as e:
+            raise SpecError("group", str(e)) from None
+        promoted = self.quota.is_promoted(user, spec.name)
+        pool = spec.pool or (
+            PRODUCTION_POOL if promoted and PRODUCTION_POOL in ledger.pools else "default"
         )
+        if pool not in ledger.pools:
+            raise SpecError(
+                "pool", f"unknown pool {pool!r}; pools are {', '.join(sorted(ledger.pools))}"
+            )
+        waiting = self._check_dependencies(user, spec.depends_on)
+        spec_dict = spec.to_dict()
+        probe = self.quota.demand(
+            "job:new", user, spec.name, spec_dict, group, pool, spec.priority, time.time()
+        )
+        blockers = validate_fits_ever(
+            probe, ledger.groups, ledger.pools, ledger.expansions.values()
+        )
+        if blockers:
+            reason = "; ".join(b.reason for b in blockers)
+            raise QuotaError(
+                400, "never_fits", f"the job could never start: {reason}", blocking=blockers
+            )
+        job = self.store.create_job(
+            user, spec.name, spec_dict, reason=f"submitted by {user}", batch=spec.batch
+        )
+        job = self.store.update(job.id, group=group, pool=pool, priority=spec.priority)
+        demand = self.quota.demand_for(job)
+        self.log.info(
+            "job %s (%s) submitted by %s to %s/%s: %s",
+            job.id,
+            spec.name,
+            user,
+            group,
+            pool,
+            spec.describe_tasks(),
+        )
+        if waiting:
+            self._waiting.add(job.id)
+            job = self.store.update(
+                job.id,
+                reason="waiting for job"
+                + ("s " if len(waiting) > 1 else " ")
+                + ", ".join(map(str, waiting))
+                + " to succeed",
+            )
+        else:
+            self.quota.scheduler.submit(demand)
         self.kick()
         return job
+
+    def _check_dependencies(self, user: str, depends_on: tuple[int, ...]) -> list[int]:
+        """The dependencies still to finish; refuses unknown, foreign or failed ones."""
+        waiting = []
+        for dep_id in depends_on:
+            dep = self.store.get_job(dep_id)
+            if dep is None:
+                raise SpecError("depends_on", f"job {dep_id} does not exist")
+            if dep.user != user:
+                raise QuotaError(
+                    403, "forbidden", f"depends_on: job {dep_id} belongs to another user"
+                )
+            state = dep.job_state
+            if state.terminal and state != JobState.SUCCEEDED:
+                raise SpecError(
+                    "depends_on",
+                    f"job {dep_id} already ended {dep.state}; this job could never run",
+                )
+            if state != JobState.SUCCEEDED:
+                waiting.append(dep_id)
+        # Dependencies must exist before a job is submitted, so they can never form a cycle.
+        return waiting
+
+    def queue_info(self, job: Job) -> dict[str, Any] | None:
+        """Position, score and what blocks a queued job (None once it left the queue)."""
+        if job.job_state != JobState.QUEUED:
+            return None
+        if job.id in self._waiting:
+            deps = [d for d in job.spec.get("depends_on", [])]
+            return {
+                "position": None,
+                "score": None,
+                "score_parts": {},
+                "waiting_for": deps,
+                "blocking": [
+                    {
+                        "reason": job.reason,
+                        "scope": "dependency",
+                        "dependency": deps,
+                        "resource": "",
+                        "requested": 0,
+                        "available": 0,
+                    }
+                ],
+            }
+        hid = job_holder_id(job.id)
+        if hid not in self.quota.scheduler:
+            return None
+        info = self.quota.scheduler.explain_pending(hid, time.time()).to_dict()
+        info["group"], info["pool"] = job.group, job.pool
+        return info
 
     def get(self, job_id: int) -> Job:
         job = self.store.get_job(job_id)
@@ -120,6 +253,12 @@ class JobManager:
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
         self.adopt_all()
+        now = time.time()
+        active = self.store.list_jobs(states=[JobState.STARTING, JobState.RUNNING])
+        self._apply_preemptions(self.quota.load(now, active))
+        self._forget_stale_holders()
+        for job in reversed(self.store.list_jobs(states=[JobState.QUEUED])):
+            self._enqueue(job)
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -158,11 +297,19 @@ class JobManager:
 
     async def tick(self) -> None:
         """One pass: admit queued jobs, then check every active job's tasks."""
-        for job in reversed(self.store.list_jobs(states=[JobState.QUEUED])):
-            if job.id not in self._busy:
-                self._busy.add(job.id)
-                self._spawn(self._start(job))
         now = time.time()
+        self._resolve_dependencies()
+        plan = self.quota.scheduler.schedule(now)
+        self._apply_preemptions(plan.preempt)
+        for holder_id, _borrowed in plan.admitted:
+            job_id = job_id_of(holder_id)
+            job = self.store.get_job(job_id) if job_id is not None else None
+            if job is None or job.job_state != JobState.QUEUED:
+                self.quota.release(holder_id)  # cancelled meanwhile
+                continue
+            holder = self.quota.persist_admitted(holder_id)
+            self._busy.add(job.id)
+            self._spawn(self._start(job, borrowed=not holder.borrowed.is_zero()))
         for job in self.store.list_jobs(states=[JobState.RUNNING]):
             if job.id in self._busy:
                 continue
@@ -192,14 +339,27 @@ class JobManager:
             self.log.info("job %s: not moving to %s: %s", job.id, target.value, e)
             return self.get(job.id)
         self.log.info("job %s -> %s: %s", job.id, target.value, reason)
+        if target in TERMINAL_STATES or target == JobState.PREEMPTED:
+            hid = job_holder_id(job.id)
+            self.quota.release(hid)
+            if hid in self.quota.scheduler:
+                self.quota.scheduler.remove(hid)
+            self._waiting.discard(job.id)
+            self._alert(job, target)
         for q in list(self._watchers.get(job.id, ())):
             if not q.full():
                 q.put_nowait(job)
         return job
 
-    async def _start(self, job: Job) -> None:
+    async def _start(self, job: Job, borrowed: bool = False) -> None:
         try:
-            job = self._transition(job, JobState.STARTING, "admitted; preparing source and tasks")
+            job = self._transition(
+                job,
+                JobState.STARTING,
+                f"admitted to {job.group}/{job.pool}"
+                + (" on borrowed quota (preemptible)" if borrowed else "")
+                + "; preparing source and tasks",
+            )
             if job.job_state != JobState.STARTING:
                 return
             spec = spec_from_job(job)
@@ -226,9 +386,12 @@ class JobManager:
             except Exception as e:
                 # Never leave a job stuck in Starting: fail it and say where to look.
                 self.log.exception("job %s: unexpected error while starting", job.id)
-                self._transition(job, JobState.FAILED,
-                                 f"internal error while starting ({e.__class__.__name__}: {e}); "
-                                 "see the mlp service log")
+                self._transition(
+                    job,
+                    JobState.FAILED,
+                    f"internal error while starting ({e.__class__.__name__}: {e}); "
+                    "see the mlp service log",
+                )
                 return
             current = self.get(job.id)
             if current.job_state != JobState.STARTING:
@@ -288,6 +451,91 @@ class JobManager:
                     "chief finished" if has_ps else "all tasks finished",
                 )
             )
+
+    def _enqueue(self, job: Job) -> None:
+        if job.spec.get("depends_on"):
+            self._waiting.add(job.id)
+        else:
+            self.quota.scheduler.submit(self.quota.demand_for(job))
+
+    def _resolve_dependencies(self) -> None:
+        for job_id in sorted(self._waiting):
+            job = self.get(job_id)
+            deps = [self.store.get_job(d) for d in job.spec.get("depends_on", [])]
+            broken = [
+                d
+                for d in deps
+                if d is None or (d.job_state.terminal and d.job_state != JobState.SUCCEEDED)
+            ]
+            if broken:
+                d = broken[0]
+                what = f"job {d.id} ended {d.state}" if d else "a dependency vanished"
+                self._transition(job, JobState.FAILED, f"dependency failed: {what}")
+            elif all(d is not None and d.job_state == JobState.SUCCEEDED for d in deps):
+                self._waiting.discard(job_id)
+                self.store.update(job_id, reason="dependencies succeeded; queued")
+                self.quota.scheduler.submit(self.quota.demand_for(job))
+
+    def _forget_stale_holders(self) -> None:
+        """Holders of jobs that ended while the service was away give their quota back."""
+        for holder in list(self.quota.ledger.holders()):
+            job_id = job_id_of(holder.id)
+            if job_id is None:
+                continue
+            job = self.store.get_job(job_id)
+            if job is None or not job.job_state.active:
+                self.quota.release(holder.id)
+
+    def _apply_preemptions(self, preemptions: list[Preemption]) -> None:
+        for p in preemptions:
+            self.quota.forget(p.holder_id)
+            job_id = job_id_of(p.holder_id)
+            job = self.store.get_job(job_id) if job_id is not None else None
+            if job is None or job.job_state.terminal:
+                continue
+            self._busy.add(job.id)
+            self._spawn(self._preempt(job, p.reason))
+
+    async def _preempt(self, job: Job, reason: str) -> None:
+        """Stop a job whose borrowed quota was reclaimed, then queue it again."""
+        self._busy.add(job.id)
+        try:
+            current = self.get(job.id)
+            if current.backend_state and current.job_state.active:
+                await self.backend.stop(job.id, current.backend_state)
+            current = self._transition(current, JobState.PREEMPTED, f"preempted: {reason}")
+            if current.job_state != JobState.PREEMPTED:
+                return
+            attempt = current.attempt + 1
+            current = self._transition(
+                current,
+                JobState.QUEUED,
+                f"requeued after preemption (attempt {attempt})",
+                attempt=attempt,
+                started_at=None,
+                backend_state=None,
+            )
+            if current.job_state == JobState.QUEUED:
+                self.quota.scheduler.submit(self.quota.demand_for(current))
+        finally:
+            self._busy.discard(job.id)
+            self.kick()
+
+    def _alert(self, job: Job, state: JobState) -> None:
+        alerts = job.spec.get("alerts") or []
+        event = ALERT_EVENT.get(state)
+        if not alerts or event is None or self.notifier is None:
+            return
+        model = {
+            "id": job.id,
+            "user": job.user,
+            "name": job.name,
+            "state": job.state,
+            "reason": job.reason,
+            "attempt": job.attempt,
+            "batch": job.batch,
+        }
+        self._spawn(self.notifier.notify(model, event, alerts))
 
     async def _finish(self, job: Job, target: JobState, reason: str) -> Job:
         # Mark the job before the first await so the watch loop leaves it alone while its

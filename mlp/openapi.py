@@ -97,6 +97,38 @@ def build_openapi(server_url: str, version: str) -> dict[str, Any]:
                 "description": "With ps tasks a chief (the coordinator) is added by default.",
             },
             "batch": {"type": "string", "description": "a label grouping a grid's jobs"},
+            "pool": {"type": "string", "description": "default, or production once promoted"},
+            "priority": {"type": "integer", "minimum": -100, "maximum": 100, "default": 0},
+            "group": {"type": "string", "description": "quota group, if you are in several"},
+            "depends_on": {
+                "type": "array",
+                "items": {"type": "integer"},
+                "description": "run after all these jobs succeed",
+            },
+            "alerts": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["on"],
+                    "properties": {
+                        "on": {
+                            "type": "array",
+                            "items": {
+                                "type": "string",
+                                "enum": [
+                                    "failed",
+                                    "timed_out",
+                                    "succeeded",
+                                    "preempted",
+                                    "cancelled",
+                                ],
+                            },
+                        },
+                        "webhook": {"type": "string", "format": "uri"},
+                        "email": {"type": "string", "format": "email"},
+                    },
+                },
+            },
             "max_runtime": {
                 "oneOf": [
                     {"type": "number", "exclusiveMinimum": 0},
@@ -126,6 +158,13 @@ def build_openapi(server_url: str, version: str) -> dict[str, Any]:
             "user": {"type": "string"},
             "name": {"type": "string"},
             "batch": {"type": ["string", "null"]},
+            "group": {"type": ["string", "null"]},
+            "pool": {"type": ["string", "null"]},
+            "priority": {"type": "integer"},
+            "queue": {
+                "oneOf": [{"type": "null"}, {"$ref": "#/components/schemas/QueueEntry"}],
+                "description": "while Queued: position, score and what blocks it",
+            },
             "state": {"type": "string", "enum": [s.value for s in JobState]},
             "reason": {"type": "string", "description": "why the job is in its state"},
             "attempt": {"type": "integer"},
@@ -289,6 +328,7 @@ def build_openapi(server_url: str, version: str) -> dict[str, Any]:
                 },
             },
             **metrics_openapi_paths(JOB_ID, _ERR),
+            **quota_paths(),
             "/openapi.json": {
                 "get": {
                     "summary": "This document",
@@ -322,4 +362,163 @@ def build_openapi(server_url: str, version: str) -> dict[str, Any]:
             },
             "responses": {"Error": _resp("an error", {"$ref": "#/components/schemas/Error"})},
         },
+    }
+
+
+_BLOCKER = {
+    "type": "object",
+    "properties": {
+        "reason": {"type": "string"},
+        "scope": {"type": "string", "enum": ["pool", "group", "user", "cohort", "dependency"]},
+        "resource": {"type": "string"},
+        "requested": {"type": "number"},
+        "available": {"type": "number"},
+    },
+}
+_RES = {
+    "type": "object",
+    "additionalProperties": {"type": "number"},
+    "description": "cpu (cores), memory (bytes), gpu",
+}
+QUOTA_SCHEMAS: dict[str, Any] = {
+    "Blocker": _BLOCKER,
+    "Resources": _RES,
+    "QueueEntry": {
+        "type": "object",
+        "properties": {
+            "position": {"type": ["integer", "null"]},
+            "score": {"type": ["number", "null"]},
+            "score_parts": {"type": "object", "additionalProperties": {"type": "number"}},
+            "blocking": {"type": "array", "items": {"$ref": "#/components/schemas/Blocker"}},
+        },
+    },
+}
+
+
+def _op(
+    summary: str,
+    op_id: str,
+    ok: str = "200",
+    *,
+    body: bool = False,
+    params: list[dict[str, Any]] | None = None,
+    errors: tuple[str, ...] = ("401", "403"),
+    admin: bool = False,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary + (" (admins only)" if admin else ""),
+        "operationId": op_id,
+        "responses": {ok: _resp("ok", {"type": "object"}), **{e: _ERR for e in errors}},
+    }
+    if body:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def quota_paths() -> dict[str, Any]:
+    """Queue, quota, reservations and the admin API (mlp/quota_handlers.py)."""
+    err = ("400", "401", "403", "404")
+    return {
+        "/queue": {
+            "get": _op(
+                "Queued jobs in order with score and blocking reasons "
+                "(yours; admins all or ?user=)",
+                "getQueue",
+            )
+        },
+        "/quota": {"get": _op("Your quota groups, limits, personal cap and usage", "getQuota")},
+        "/reservations": {
+            "get": _op("Notebook-server reservations (yours; admins all)", "listReservations"),
+            "post": _op(
+                "Reserve resources for a notebook server through the quota ledger: "
+                "{user?, server?, group?, pool?, resources}; 409 with `blocking` when "
+                "over quota",
+                "reserve",
+                "201",
+                body=True,
+                errors=("400", "401", "403", "404", "409"),
+            ),
+        },
+        "/reservations/{reservation}": {
+            "delete": _op(
+                "Release a reservation (`user/server`)",
+                "release",
+                params=[_path_param("reservation")],
+                errors=err,
+            )
+        },
+        "/admin/groups": {"get": _op("Quota groups", "listGroups", admin=True)},
+        "/admin/groups/{name}": {
+            "put": _op(
+                "Create or change a quota group: {cohort, limits, member_cap, "
+                "member_caps, lend_limit}; answers the jobs preempted",
+                "setGroup",
+                body=True,
+                params=[_path_param("name")],
+                errors=err,
+                admin=True,
+            )
+        },
+        "/admin/pools": {"get": _op("Pools", "listPools", admin=True)},
+        "/admin/pools/{name}": {
+            "put": _op(
+                "Create or change a pool: {capacity, priority, requires_promotion}",
+                "setPool",
+                body=True,
+                params=[_path_param("name")],
+                errors=err,
+                admin=True,
+            )
+        },
+        "/admin/expansions": {
+            "get": _op("Temporary quota expansions", "listExpansions", admin=True),
+            "post": _op(
+                "Grant an expansion: {group, pool, amount, duration, start_in?, "
+                "reason}; it expires by itself",
+                "grantExpansion",
+                "201",
+                body=True,
+                errors=err,
+                admin=True,
+            ),
+        },
+        "/admin/expansions/{expansion_id}": {
+            "delete": _op(
+                "Revoke an expansion early",
+                "revokeExpansion",
+                params=[_path_param("expansion_id")],
+                errors=err,
+                admin=True,
+            )
+        },
+        "/admin/promotions": {
+            "get": _op("Models promoted to the production pool", "listPromotions", admin=True),
+            "post": _op(
+                "Promote a model (a user's job name) to production: {user, name}",
+                "promote",
+                "201",
+                body=True,
+                errors=err,
+                admin=True,
+            ),
+        },
+        "/admin/promotions/{user}/{name}": {
+            "delete": _op(
+                "Withdraw a promotion",
+                "demote",
+                params=[_path_param("user"), _path_param("name")],
+                errors=err,
+                admin=True,
+            )
+        },
+        "/admin/usage": {"get": _op("Usage per pool, group, user and cohort", "usage", admin=True)},
     }

@@ -20,8 +20,15 @@ RESERVED_ENV = re.compile(r"^(TF_CONFIG|MLP_.*|JUPYTERHUB_.*)$")
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 MAX_TASKS_PER_TYPE = 64
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
+MAX_DEPENDENCIES = 50
 
 SPEC_FIELDS = {
+    "pool",
+    "priority",
+    "group",
+    "depends_on",
+    "alerts",
     "name",
     "source",
     "args",
@@ -66,6 +73,11 @@ class JobSpec:
     runtime: str | None = None
     max_runtime: float = 86400.0
     batch: str | None = None  # groups the jobs of a hyperparameter grid for comparison
+    pool: str | None = None  # None: "production" for promoted models, else "default"
+    priority: int = 0
+    group: str | None = None  # the quota group to charge when the user is in several
+    depends_on: tuple[int, ...] = ()
+    alerts: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,7 +90,20 @@ class JobSpec:
             "runtime": self.runtime,
             "max_runtime": self.max_runtime,
             "batch": self.batch,
+            "pool": self.pool,
+            "priority": self.priority,
+            "group": self.group,
+            "depends_on": list(self.depends_on),
+            "alerts": [dict(a) for a in self.alerts],
         }
+
+    def resources(self) -> list[dict[str, Any]]:
+        """One entry per task (the gang), for the quota ledger."""
+        return [
+            {"cpu": t.cpu, "memory": t.memory, "gpu": t.gpu}
+            for t in self.tasks.values()
+            for _ in range(t.count)
+        ]
 
     @property
     def task_count(self) -> int:
@@ -279,9 +304,37 @@ def validate_spec(
     batch = spec.get("batch")
     if batch is not None:
         batch = validate_name(batch, "batch")
+    pool = spec.get("pool")
+    if pool is not None:
+        pool = validate_name(pool, "pool")
+    group = spec.get("group")
+    if group is not None and (not isinstance(group, str) or not group or len(group) > 255):
+        raise SpecError("group", "expected the name of one of your quota groups")
+    priority = spec.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise SpecError("priority", f"expected a whole number, got {priority!r}")
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise SpecError(
+            "priority", f"must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {priority}"
+        )
+    depends_on = spec.get("depends_on", [])
+    if not isinstance(depends_on, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in depends_on
+    ):
+        raise SpecError("depends_on", "expected a list of job ids (positive whole numbers)")
+    if len(depends_on) > MAX_DEPENDENCIES:
+        raise SpecError("depends_on", f"at most {MAX_DEPENDENCIES} dependencies")
+    from mlp.alerts import validate_alerts  # alerts imports this module
+
+    alerts = validate_alerts(spec.get("alerts", []), email_enabled=True)
     return JobSpec(
         name=name,
         batch=batch,
+        pool=pool,
+        priority=priority,
+        group=group,
+        depends_on=tuple(dict.fromkeys(depends_on)),
+        alerts=tuple(alerts),
         source=source,
         tasks=ordered,
         args=[str(a) for a in args],

@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Float,
     ForeignKey,
     Integer,
@@ -48,6 +49,10 @@ class Job(Base):
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, default=1)
+    # Where the job is charged and how it queues (resolved at submit; see mlp/scheduling).
+    group: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    pool: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
     # What the backend needs to find the job's processes again after a restart (pids, ports...).
     backend_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
@@ -71,6 +76,72 @@ class JobEvent(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
 
     job: Mapped[Job] = relationship(back_populates="events")
+
+
+class HolderRow(Base):
+    """Resources a running job or a notebook server holds in the quota ledger."""
+
+    __tablename__ = "holders"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    user: Mapped[str] = mapped_column(String(255), index=True)
+    group: Mapped[str] = mapped_column(String(255))
+    pool: Mapped[str] = mapped_column(String(63))
+    amount: Mapped[dict[str, Any]] = mapped_column(JSON)
+    borrowed: Mapped[dict[str, Any]] = mapped_column(JSON)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    admitted_at: Mapped[float] = mapped_column(Float)
+    until: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class QuotaGroupRow(Base):
+    """A quota group set through the admin API (wins over configuration)."""
+
+    __tablename__ = "quota_groups"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[float] = mapped_column(Float)
+    updated_by: Mapped[str] = mapped_column(String(255))
+
+
+class PoolRow(Base):
+    """A pool set through the admin API (wins over configuration)."""
+
+    __tablename__ = "pools"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[float] = mapped_column(Float)
+    updated_by: Mapped[str] = mapped_column(String(255))
+
+
+class ExpansionRow(Base):
+    """A temporary quota expansion granted by an admin."""
+
+    __tablename__ = "expansions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    group: Mapped[str] = mapped_column(String(255))
+    pool: Mapped[str] = mapped_column(String(63))
+    amount: Mapped[dict[str, Any]] = mapped_column(JSON)
+    start: Mapped[float] = mapped_column(Float)
+    expiry: Mapped[float] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    granted_by: Mapped[str] = mapped_column(String(255))
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class PromotionRow(Base):
+    """A model (a user's job name) promoted to the production pool by an admin."""
+
+    __tablename__ = "promotions"
+
+    user: Mapped[str] = mapped_column(String(255), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    promoted_by: Mapped[str] = mapped_column(String(255))
+    at: Mapped[float] = mapped_column(Float)
 
 
 def migrate(url: str) -> None:

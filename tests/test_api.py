@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import socket
 import time
 
 import psutil
 import pytest
 import requests
-from conftest import EXAMPLES, Api, Hub
+from mlptest import EXAMPLES, Api, Hub, kill_mlp_service, wait_for_service
 
 from mlp.handlers import documented_methods, route_table
 
@@ -269,20 +267,8 @@ def test_openapi_served(hub: Hub):
 def test_service_restart_while_a_job_runs(hub: Hub, alice: Api):
     job = alice.submit(inline("import time; print('a', flush=True); time.sleep(8); print('b')"))
     alice.wait(job["id"], {"Running"})
-    service = next(p for p in psutil.Process(hub.proc.pid).children(recursive=True)
-                   if "serve" in p.cmdline() and "mlp" in " ".join(p.cmdline()))
-    os.kill(service.pid, signal.SIGKILL)
-    service.wait(10)
-    # JupyterHub restarts its managed service (it polls every 30 s).
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if alice("GET", f"/jobs/{job['id']}", timeout=5).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        assert time.monotonic() < deadline, hub.log_tail()
-        time.sleep(0.5)
+    kill_mlp_service(hub)
+    wait_for_service(alice)
     job = alice.wait(job["id"], END, timeout=60)
     assert job["state"] == "Succeeded", job["reason"]
     logs = alice("GET", f"/jobs/{job['id']}/logs").json()["logs"]["worker:0"]

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Api, Hub
+from mlptest import Api, Hub
 
 pytestmark = pytest.mark.integration
 COMMANDS = ["up", "submit", "jobs", "show", "logs", "cancel", "login"]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import requests
-from conftest import Hub
+from mlptest import Hub
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import wait_for_state
+from mlptest import wait_for_state
 
 from mlp.states import JobState
 

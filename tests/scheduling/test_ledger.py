@@ -3,7 +3,7 @@
 from collections.abc import Callable
 
 import pytest
-from conftest import groups, pools, r
+from quota_fixtures import groups, pools, r
 
 from mlp.scheduling.ledger import Ledger
 from mlp.scheduling.model import (

@@ -6,10 +6,10 @@ reclaim lent quota, change a group's limits, and run a scheduling pass. After ev
 ledger must report no violation and its aggregates must equal a recount from its holders.
 """
 
-from conftest import groups, pools, r
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from quota_fixtures import groups, pools, r
 
 from mlp.scheduling.ledger import Ledger
 from mlp.scheduling.model import Demand, Expansion, QuotaExceeded, QuotaGroup
