@@ -1,6 +1,7 @@
 """Benchmark: resident bytes per id of a vlps table (dim 16, Adagrad) at 10^7 ids, against
-the payload (8-byte key + embedding + accumulator), for a default-grown table and a pre-sized
-one; the bare DenseHashTable of the same rows is the baseline measured in the same run.
+the payload (8-byte key + embedding + accumulator): grown on demand, pre-sized, and pre-sized
+over 3 shards (DenseHashTable bucket counts are powers of two: 10^7 rows need 2^24 buckets in
+one table, 3 x 2^22 in three). The bare DenseHashTable of the same rows is measured too.
 
   .venv/bin/python bench/vlps_memory.py [--ids 10000000] [--dim 16]
 """
@@ -23,6 +24,14 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def trim() -> None:
+    """Give freed heap pages back to the OS (glibc), so RSS is the steady state, not the
+    high-water mark of freed doubling arrays and insert temporaries."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def run(case: str, n: int, dim: int) -> dict:
     import tensorflow as tf
 
@@ -38,15 +47,23 @@ def run(case: str, n: int, dim: int) -> dict:
         for i in range(0, n, chunk):
             t.insert(tf.range(i, min(n, i + chunk), dtype=tf.int64), tf.zeros([chunk, width]))
     else:
-        presize = n if case == "presized" else None
+        shards = 3 if case == "presized3" else 1
+        presize = -(-n // shards) if case.startswith("presized") else None
         table = vlps.EmbeddingTable("mem", dim, optimizer=vlps.Adagrad(0.05),
-                                    initial_rows_per_shard=presize)
+                                    num_shards=shards, initial_rows_per_shard=presize)
         push = tf.function(lambda ids, g: table.push(ids, g, 1))
         g = tf.zeros([chunk, dim])
         for i in range(0, n, chunk):
             push(tf.range(i, min(n, i + chunk), dtype=tf.int64), g)
+    grown = rss()
+    trim()
+    out = {"bytes_per_id": (grown - before) / n, "trimmed_bytes_per_id": (rss() - before) / n}
+    if case != "bare":
+        buckets = [int(tf.size(s.main.export()[0])) for s in table.shards]
+        out["buckets"] = buckets
+        out["bucket_bytes_per_id"] = sum(buckets) * (8 + 4 * table.width) / n
         assert table.size() == n
-    return {"bytes_per_id": (rss() - before) / n}
+    return out
 
 
 def main() -> None:
@@ -60,18 +77,25 @@ def main() -> None:
         return
     payload = 8 + 4 * 2 * args.dim
     print(f"{args.ids:,} ids, dim {args.dim}, Adagrad; payload = 8 B key + {8 * args.dim} B "
-          f"embedding+accumulator = {payload} B/id; RSS growth per id, one process per case")
-    print(f"{'case':<52} {'B/id':>7} {'x payload':>10} {'x bare':>7}")
-    res = {}
-    for case in ("bare", "vlps", "presized"):
+          f"embedding+accumulator = {payload} B/id (a vlps bucket also holds a 4 B step: "
+          f"{payload + 4} B); RSS growth per id, one process per case; 'trimmed' = after "
+          "malloc_trim(0); 'buckets' = the hash tables' bucket arrays alone")
+    print("| case | B/id (RSS) | B/id trimmed | x payload (trimmed) | B/id buckets | buckets |")
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
+    names = {"bare": "bare DenseHashTable, same row width, grown on demand",
+             "vlps": "vlps, 1 shard, grown on demand",
+             "presized": "vlps, 1 shard, initial_rows_per_shard=ids",
+             "presized3": "vlps, 3 shards, initial_rows_per_shard=ids/3"}
+    for case, name in names.items():
         out = subprocess.run([sys.executable, __file__, "--case", case, "--ids", str(args.ids),
                               "--dim", str(args.dim)], capture_output=True, text=True)
-        res[case] = json.loads(out.stdout.strip().splitlines()[-1])["bytes_per_id"]
-    names = {"bare": "bare DenseHashTable, same row width [baseline]",
-             "vlps": "vlps EmbeddingTable, grown on demand",
-             "presized": "vlps EmbeddingTable, initial_rows_per_shard=ids"}
-    for case, b in res.items():
-        print(f"{names[case]:<52} {b:>7.1f} {b / payload:>10.2f} {b / res['bare']:>7.2f}")
+        if out.returncode != 0:
+            raise RuntimeError(f"case {case} failed:\n{out.stderr[-2000:]}")
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        bb = f"{r['bucket_bytes_per_id']:.1f}" if "buckets" in r else ""
+        bk = " + ".join(f"2^{b.bit_length() - 1}" for b in r.get("buckets", []))
+        print(f"| {name} | {r['bytes_per_id']:.1f} | {r['trimmed_bytes_per_id']:.1f} | "
+              f"{r['trimmed_bytes_per_id'] / payload:.2f} | {bb} | {bk} |")
 
 
 if __name__ == "__main__":

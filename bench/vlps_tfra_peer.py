@@ -74,7 +74,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=16)
     ap.add_argument("--test-batches", type=int, default=16)
     ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--init-acc", type=float, default=1e-3)
+    ap.add_argument("--init-acc", type=float, default=0.0)
     args = ap.parse_args()
 
     import tensorflow as tf
