@@ -55,11 +55,21 @@ class MLPService(Application):
         file configures the whole platform (`c.MLPService.*`, `c.LocalProcessBackend.*`).""",
     )
     extra_config_file = Unicode(
-        "", config=True,
+        "",
+        config=True,
         help="""A second config file loaded after `config_file` (site overrides, tests).""",
     )
+    quota_file = Unicode(
+        "",
+        config=True,
+        help="""A YAML file declaring quotas instead of (or on top of) `c.QuotaConfig`: top-level
+        keys `pools`, `groups`, `default_group`, `default_group_quota`, `extra_resources`, each
+        as in QuotaConfig. Precedence: the store (admin API changes) > this file > traitlets
+        config. See docs/scheduling.md.""",
+    )
     backfill = Bool(
-        True, config=True,
+        True,
+        config=True,
         help="""Let smaller jobs start ahead of a blocked job when they finish (by their
         declared max_runtime) before it could start. See docs/scheduling.md.""",
     )
@@ -195,13 +205,34 @@ class MLPService(Application):
             max_runtime_limit=self.max_runtime_limit,
         )
         self.quota_config = QuotaConfig(parent=self)
-        self.quota = QuotaService(self.store, self.quota_config, ScorePolicy(parent=self),
-                                  backfill=self.backfill)
+        if self.quota_file:
+            self.load_quota_file(self.quota_config, self.quota_file)
+        self.quota = QuotaService(
+            self.store, self.quota_config, ScorePolicy(parent=self), backfill=self.backfill
+        )
         from mlp.alerts import AlertNotifier
 
         self.notifier = AlertNotifier(parent=self, log=self.log)
-        self.manager = JobManager(self.store, self.backend, settings, self.quota,
-                                  notifier=self.notifier, log=self.log)
+        self.manager = JobManager(
+            self.store, self.backend, settings, self.quota, notifier=self.notifier, log=self.log
+        )
+
+    @staticmethod
+    def load_quota_file(config: QuotaConfig, path: str) -> None:
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"MLPService.quota_file {path}: cannot be read as YAML: {e}") from None
+        allowed = {"pools", "groups", "default_group", "default_group_quota", "extra_resources"}
+        if not isinstance(data, dict) or set(data) - allowed:
+            raise ValueError(
+                f"MLPService.quota_file {path}: expected a mapping with keys "
+                f"{', '.join(sorted(allowed))}"
+            )
+        for key, value in data.items():
+            setattr(config, key, value)
 
     def make_app(self) -> web.Application:
         prefix = self.base_url.rstrip("/")

@@ -54,6 +54,9 @@ def job_model(job: Job, manager: JobManager, *, detail: bool = False) -> dict[st
     }
     if job.job_state == JobState.QUEUED:
         model["queue"] = manager.queue_info(job)
+    held = manager.holding(job)
+    if held is not None:
+        model["reservation"] = held
     if detail:
         model["spec"] = job.spec
         obs = manager.observe(job) if job.job_state.active else None

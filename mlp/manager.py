@@ -188,6 +188,20 @@ class JobManager:
         # Dependencies must exist before a job is submitted, so they can never form a cycle.
         return waiting
 
+    def holding(self, job: Job) -> dict[str, Any] | None:
+        """What an admitted job holds in the ledger; borrowed quota makes it preemptible."""
+        hid = job_holder_id(job.id)
+        if hid not in self.quota.ledger:
+            return None
+        h = self.quota.ledger.holder(hid)
+        return {
+            "group": h.group,
+            "pool": h.pool,
+            "amount": h.amount.to_dict(),
+            "borrowed": h.borrowed.to_dict(),
+            "preemptible": h.preemptible,
+        }
+
     def queue_info(self, job: Job) -> dict[str, Any] | None:
         """Position, score and what blocks a queued job (None once it left the queue)."""
         if job.job_state != JobState.QUEUED:

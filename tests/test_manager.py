@@ -302,3 +302,38 @@ async def test_named_runtime_is_used(manager_factory, tmp_path):
     job = await wait_for_state(m, job.id, END)
     assert job.state == "Succeeded"
     assert Path(job.backend_state["tasks"][0]["log"]).read_text().strip() == "yes"
+
+
+async def test_preempting_a_job_that_ignores_sigterm(manager_factory):
+    """A borrowed job is reclaimed by its lender even if it ignores SIGTERM: it is killed after
+    the grace period, marked Preempted and queued again with its attempt count."""
+    big = {"cpu": 64, "memory": "256Gi"}
+    quota = {
+        "pools": {"default": {"capacity": big}},
+        "groups": {
+            "lender": {"cohort": "c", "limits": {"default": {"cpu": 1, "memory": "8Gi"}},
+                       "lend_limit": {"default": {"cpu": 1, "memory": "8Gi"}}},
+            "borrower": {"cohort": "c", "limits": {"default": {"cpu": 1, "memory": "8Gi"}}},
+        },
+        "default_group_quota": {"limits": {"default": big}},
+    }
+    m = manager_factory(quota=quota)
+    stubborn = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                "print('up', flush=True)\ntime.sleep(300)")
+    spec = {"tasks": {"worker": {"cpu": 1, "memory": "1Gi"}}}
+    own = m.submit("bo", inline("import time; time.sleep(300)", name="own", **spec),
+                   hub_groups=["borrower"])
+    await wait_for_state(m, own.id, {JobState.RUNNING})
+    victim = m.submit("bo", inline(stubborn, name="victim", **spec), hub_groups=["borrower"])
+    victim = await wait_for_state(m, victim.id, {JobState.RUNNING})
+    assert m.holding(victim)["preemptible"] is True
+    time.sleep(0.5)  # the SIGTERM handler is installed
+    pids = pids_of(victim)
+    lender = m.submit("le", inline("import time; time.sleep(300)", name="mine", **spec),
+                      hub_groups=["lender"])
+    await wait_for_state(m, lender.id, {JobState.RUNNING}, timeout=30)
+    victim = await wait_for_state(m, victim.id, {JobState.QUEUED}, timeout=30)
+    assert victim.attempt == 2 and "attempt 2" in victim.reason
+    assert [e.to_state for e in m.store.events(victim.id)][-2:] == ["Preempted", "Queued"]
+    assert all(gone(p) for p in pids)
+    assert m.get(own.id).state == "Running"

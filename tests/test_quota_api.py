@@ -131,6 +131,9 @@ def test_borrowing_and_reclaim_preempts_and_requeues(qhub: Hub):
     alice.wait(own["id"], {"Running"})
     borrowed = alice.submit(job("borrowed", cpu=2))
     borrowed = alice.wait(borrowed["id"], {"Running"})
+    assert borrowed["reservation"]["preemptible"] is True
+    assert borrowed["reservation"]["borrowed"]["cpu"] == 2
+    assert alice("GET", f"/jobs/{own['id']}").json()["reservation"]["preemptible"] is False
     assert "borrowed quota (preemptible)" in next(e for e in borrowed["events"]
                                               if e["to"] == "Starting")["reason"]
     # search wants its own quota back: alice's borrowed job is preempted and requeued
