@@ -266,11 +266,13 @@ class JobManager:
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        self.adopt_all()
         now = time.time()
         active = self.store.list_jobs(states=[JobState.STARTING, JobState.RUNNING])
-        self._apply_preemptions(self.quota.load(now, active))
+        preempted = self.quota.load(now, active)
+        # Adoption may fail jobs, which releases their holders in the ledger just built.
+        self.adopt_all()
         self._forget_stale_holders()
+        self._apply_preemptions(preempted)
         for job in reversed(self.store.list_jobs(states=[JobState.QUEUED])):
             self._enqueue(job)
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
@@ -305,8 +307,11 @@ class JobManager:
                 await self.tick()
             except Exception:
                 self.log.exception("job manager pass failed; retrying")
+            # asyncio.timeout, not wait_for: in Python 3.11 wait_for can swallow a cancellation
+            # that arrives just as the event is set (a kick), and stop() would never return.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+                async with asyncio.timeout(self.settings.poll_interval):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def tick(self) -> None:

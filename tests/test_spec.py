@@ -88,7 +88,7 @@ def test_bad_input_names_the_field(raw, field):
 
 
 def test_unknown_field_lists_valid_ones():
-    with pytest.raises(SpecError, match="valid fields are: args, batch, env, max_runtime"):
+    with pytest.raises(SpecError, match="valid fields are: alerts, args, batch, depends_on, env, group, max_runtime"):
         validate_spec(spec(colour="blue"))
 
 
