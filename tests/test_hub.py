@@ -78,3 +78,51 @@ def test_spawn_a_notebook_server_in_the_users_folder(hub: Hub):
     assert "--allow-root" in hub.log_path.read_text() or __import__("os").geteuid() != 0
     r = hub.hub_api("DELETE", "/users/dora/server")
     assert r.status_code in (202, 204)
+
+
+@pytest.mark.slow
+def test_mlp_up_starts_the_platform_and_prints_where_to_log_in(tmp_path):
+    """The README's first command ends in `mlp up`: it must start the hub + proxy + services
+    and print the login URL and the generated password."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mlptest import REPO, free_port
+
+    port = free_port()
+    env = {**os.environ, "MLP_HUB_PORT": str(free_port()),
+           "MLP_PROXY_API_PORT": str(free_port()), "MLP_SERVICE_PORT": str(free_port()),
+           "PATH": f"{REPO / 'node_modules' / '.bin'}:{os.environ['PATH']}"}
+    env.pop("MLP_DATA_DIR", None)
+    log = tmp_path / "up.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlp", "up", "--port", str(port), "--data-dir",
+             str(tmp_path / "data")],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            text = log.read_text(errors="replace")
+            try:
+                ready = requests.get(f"http://127.0.0.1:{port}/services/mlp/api/v1/openapi.json",
+                                     timeout=2).status_code == 200
+            except requests.RequestException:
+                ready = False
+            if ready and "log in at" in text:
+                break
+            assert proc.poll() is None, text[-3000:]
+            assert time.monotonic() < deadline, text[-3000:]
+            time.sleep(0.5)
+        import json
+
+        creds = json.loads((tmp_path / "data" / "secrets.json").read_text())
+        assert f"log in at http://127.0.0.1:{port}/" in text
+        assert creds["user_password"] in text
+        assert requests.get(f"http://127.0.0.1:{port}/hub/login", timeout=5).status_code == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
