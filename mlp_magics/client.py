@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mlp.client import MLPClient, MLPError
+from mlp_magics.render import blocking_numbers
 
 __all__ = ["MLPError", "MagicsClient", "Poller", "describe_error"]
 
@@ -65,7 +66,12 @@ def describe_error(e: MLPError) -> str:
         return e.message
     field = e.body.get("field")
     where = f" (field {field})" if field and field not in e.message else ""
-    return f"the mlp service refused: {e.message}{where} [HTTP {e.status} {e.error}]"
+    text = f"the mlp service refused: {e.message}{where} [HTTP {e.status} {e.error}]"
+    # never_fits / over_quota carry the numbers behind the sentence: one line per blocker.
+    blocking = e.body.get("blocking")
+    numbers = [blocking_numbers(b) for b in blocking if isinstance(b, dict)] if isinstance(
+        blocking, list) else []
+    return text + "".join(f"\n  - {n}" for n in numbers if n)
 
 
 class Poller:

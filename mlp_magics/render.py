@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from mlp.scheduling.resources import format_memory
+
 STATE_COLORS = {
     "Queued": "#8a6d00",
     "Starting": "#1f6feb",
@@ -166,24 +168,131 @@ def metric_chart(metrics: Mapping[str, Any] | None, name: str, **kw: Any) -> str
 
 
 # ------------------------------------------------------------------------- one job
-def queue_lines(queue: Mapping[str, Any] | None) -> list[str]:
-    if not queue:
-        return []
-    lines = [f"queue position {fmt_number(queue.get('position'))}, "
-             f"score {fmt_number(queue.get('score'))}"]
-    parts = queue.get("score_parts") or {}
-    if parts:
-        lines[0] += " (" + ", ".join(f"{k} {fmt_number(v)}" for k, v in parts.items()) + ")"
+def fmt_amount(resource: str, value: Any) -> str:
+    """One resource amount as people read it: memory in binary units (`format_memory`), cpu in
+    cores (``0.5``, ``2``), anything else as a count."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-" if value is None else str(value)
+    if not math.isfinite(value):
+        return "unlimited" if value > 0 else str(value)
+    if resource == "memory":
+        return format_memory(int(value))
+    if resource == "cpu":
+        return f"{round(float(value), 3):g}"
+    return fmt_number(value)
+
+
+def fmt_resources(amounts: Mapping[str, Any] | None,
+                  keep: Sequence[str] = ("cpu", "memory")) -> str:
+    """``cpu 2, memory 8Gi``: zero amounts are left out except those named in `keep`."""
+    if not isinstance(amounts, Mapping) or not amounts:
+        return "none"
+    parts = [f"{k} {fmt_amount(k, v)}" for k, v in amounts.items() if k in keep or v]
+    return ", ".join(parts) if parts else "none"
+
+
+def _ordinal_position(position: Any) -> str:
+    if not isinstance(position, int) or isinstance(position, bool):
+        return f"queue position {fmt_number(position)}"
+    if position == 0:
+        return "first in line"
+    return f"{position} job{'s' if position > 1 else ''} ahead in the queue"
+
+
+def fmt_score(score: Any, parts: Mapping[str, Any] | None) -> str:
+    """``score -1.05 (runtime -1, aging 0.02)``: the non-zero parts, largest first."""
+    text = f"score {fmt_number(round(score, 3)) if isinstance(score, float) else fmt_number(score)}"
+    shown = [(k, v) for k, v in (parts or {}).items()
+             if isinstance(v, int | float) and not isinstance(v, bool) and round(v, 3) != 0]
+    shown.sort(key=lambda kv: -abs(kv[1]))
+    if shown:
+        text += " (" + ", ".join(f"{k} {round(v, 3):g}" for k, v in shown) + ")"
+    return text
+
+
+def blocker_text(b: Mapping[str, Any]) -> str:
+    """One blocking entry: the service's sentence (it names the quota and the numbers), or one
+    built from its fields (`scope`, `<scope>`: name, `resource`, `requested`, `available`)."""
+    reason = b.get("reason")
+    if isinstance(reason, str) and reason:
+        return reason
+    scope = str(b.get("scope") or "")
+    name = b.get(scope) if scope else None
+    what = " ".join(str(x) for x in (scope, name) if x not in (None, "", []))
+    res = b.get("resource")
+    need = ""
+    if res:
+        need = (f"{res} requested {fmt_amount(res, b.get('requested'))}, "
+                f"available {fmt_amount(res, b.get('available'))}")
+    return ": ".join(x for x in (what or "blocked", need) if x)
+
+
+def blocking_numbers(b: Mapping[str, Any]) -> str:
+    """``group 'ads', cpu: requested 5, available 4`` (empty when the entry has no resource)."""
+    res = b.get("resource")
+    if not res:
+        return ""
+    scope = str(b.get("scope") or "")
+    name = b.get(scope) if scope else None
+    where = f"{scope} {name!r}" if scope and isinstance(name, str) else scope
+    return (f"{where + ', ' if where else ''}{res}: requested {fmt_amount(res, b.get('requested'))}"
+            f", available {fmt_amount(res, b.get('available'))}")
+
+
+def _waiting_for(queue: Mapping[str, Any]) -> list[Any]:
+    deps = queue.get("waiting_for")
+    if isinstance(deps, list) and deps:
+        return deps
     for b in queue.get("blocking") or []:
-        what = " ".join(str(b.get(k)) for k in ("scope", "name") if b.get(k))
-        res = b.get("resource")
-        need = ""
-        if res:
-            need = (f": {res} requested {fmt_number(b.get('requested'))}, "
-                    f"available {fmt_number(b.get('available'))}")
-        lines.append(f"waiting: {b.get('reason', 'blocked')}"
-                     f"{' (' + what + ')' if what else ''}{need}")
+        if isinstance(b, Mapping) and b.get("scope") == "dependency":
+            dep = b.get("dependency")
+            return dep if isinstance(dep, list) else [dep] if dep is not None else []
+    return []
+
+
+def queue_lines(queue: Mapping[str, Any] | None, job: Mapping[str, Any] | None = None
+                ) -> list[str]:
+    """What a queued job waits for: dependencies, or its place, score and blocking reasons."""
+    if not isinstance(queue, Mapping) or not queue:
+        return []
+    job = job or {}
+    deps = _waiting_for(queue)
+    if deps or "waiting_for" in queue:
+        ids = ", ".join(str(d) for d in deps) or "?"
+        return [f"waiting for job{'s' if len(deps) > 1 else ''} {ids} to succeed "
+                "(not in the queue before that)"]
+    where = "/".join(str(x) for x in (queue.get("group") or job.get("group"),
+                                      queue.get("pool") or job.get("pool")) if x)
+    head = [f"queued in {where}" if where else "queued", _ordinal_position(queue.get("position"))]
+    if queue.get("score") is not None:
+        head.append(fmt_score(queue.get("score"), queue.get("score_parts")))
+    lines = [" · ".join(head)]
+    for b in queue.get("blocking") or []:
+        if isinstance(b, Mapping):
+            lines.append(f"blocked: {blocker_text(b)}")
     return lines
+
+
+def reservation_lines(reservation: Mapping[str, Any] | None) -> list[str]:
+    """What an admitted job holds; borrowed quota makes it preemptible."""
+    if not isinstance(reservation, Mapping) or not reservation:
+        return []
+    where = "/".join(str(x) for x in (reservation.get("group"), reservation.get("pool")) if x)
+    line = f"holds {fmt_resources(reservation.get('amount'))}{' in ' + where if where else ''}"
+    if reservation.get("preemptible"):
+        borrowed = reservation.get("borrowed")
+        lent = f": {fmt_resources(borrowed, keep=())} borrowed" if borrowed else ""
+        return [line, f"preemptible (running on borrowed quota{lent}); it is stopped and "
+                      "requeued if the lending group needs its quota back"]
+    return [line]
+
+
+def placement_lines(job: Mapping[str, Any] | None) -> list[str]:
+    if not job:
+        return []
+    if job.get("state") == "Queued" and job.get("queue"):
+        return queue_lines(job.get("queue"), job)
+    return reservation_lines(job.get("reservation"))
 
 
 def job_text(
@@ -202,7 +311,7 @@ def job_text(
         return "\n".join(lines)
     lines = [f"mlp job {job.get('id')} {job.get('name')!r}: {job.get('state')}"
              f"{' — ' + job['reason'] if job.get('reason') else ''}"]
-    lines += [f"  {line}" for line in queue_lines(job.get("queue"))]
+    lines += [f"  {line}" for line in placement_lines(job)]
     step, values = latest_metrics(metrics)
     if step is not None:
         total = total_steps(job, metrics)
@@ -231,12 +340,18 @@ def header_html(job: Mapping[str, Any] | None, spec: Mapping[str, Any] | None = 
             f"{esc(fmt_params((job.get('spec') or {}).get('params')))} {esc(when[:19])}</span>")
 
 
-def queue_html(queue: Mapping[str, Any] | None) -> str:
-    lines = queue_lines(queue)
+def placement_html(job: Mapping[str, Any] | None) -> str:
+    """Queue place, score and blocking reasons of a queued job; what an admitted job holds."""
+    lines = placement_lines(job)
     if not lines:
         return ""
-    return ("<div style='background:#fff8c5;padding:4px 8px;border-radius:4px'>"
-            + "<br>".join(esc(line) for line in lines) + "</div>")
+    if (job or {}).get("state") == "Queued":
+        style = "background:#fff8c5;padding:4px 8px;border-radius:4px"
+    elif ((job or {}).get("reservation") or {}).get("preemptible"):
+        style = "background:#fff1e5;padding:4px 8px;border-radius:4px;color:#953800"
+    else:
+        style = "color:#57606a;font-size:85%"
+    return f"<div style='{style}'>" + "<br>".join(esc(line) for line in lines) + "</div>"
 
 
 def error_html(error: str | None) -> str:
@@ -272,7 +387,7 @@ def job_html(
 ) -> str:
     parts = [header_html(job, spec), error_html(error)]
     if job is not None:
-        parts.append(queue_html(job.get("queue")))
+        parts.append(placement_html(job))
         parts.append(f"<div>{values_html(metrics, job)}</div>")
         parts += [metric_chart(metrics, name, width=320, height=160)
                   for name in metric_names(metrics)[:4]]
