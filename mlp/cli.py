@@ -75,6 +75,20 @@ def _client(args: argparse.Namespace) -> MLPClient:
 
 def _print_job(job: dict[str, Any]) -> None:
     print(f"job {job['id']} {job['name']} [{job['state']}] {job['reason']}")
+    queue = job.get("queue")
+    if queue:
+        if queue.get("waiting_for"):
+            print(f"  waiting for job(s) {', '.join(map(str, queue['waiting_for']))} to succeed")
+        else:
+            print(
+                f"  queued in {queue.get('group')}/{queue.get('pool')}: "
+                f"{queue['position']} job(s) ahead, score {queue['score']:.2f}"
+            )
+            for b in queue.get("blocking", []):
+                print(f"  blocked: {b['reason']}")
+    held = job.get("reservation")
+    if held and held.get("preemptible"):
+        print("  preemptible: running on quota borrowed from its cohort")
     for t in job.get("tasks", []):
         code = "" if t["exit_code"] is None else f" exit={t['exit_code']}"
         print(f"  {t['name']:<10} {t['state']:<8} pid={t['pid']}{code} {t.get('address') or ''}")

@@ -210,6 +210,8 @@ class JobsHandler(APIHandler):
             raise ApiError(400, "invalid_spec", str(e), field=e.field) from None
         except QuotaError as e:
             extra: dict[str, Any] = {"blocking": e.blocking} if e.blocking else {}
+            if e.field:
+                extra["field"] = e.field
             raise ApiError(e.status, e.error, e.message, **extra) from None
         except RuntimeNotConfigured as e:
             raise ApiError(400, "invalid_spec", f"runtime: {e}", field="runtime") from None

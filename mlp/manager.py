@@ -135,9 +135,7 @@ class JobManager:
         )
         if blockers:
             reason = "; ".join(b.reason for b in blockers)
-            raise QuotaError(
-                400, "never_fits", f"the job could never start: {reason}", blocking=blockers
-            )
+            raise QuotaError(400, "never_fits", reason, blocking=blockers)
         job = self.store.create_job(
             user, spec.name, spec_dict, reason=f"submitted by {user}", batch=spec.batch
         )
@@ -175,7 +173,10 @@ class JobManager:
                 raise SpecError("depends_on", f"job {dep_id} does not exist")
             if dep.user != user:
                 raise QuotaError(
-                    403, "forbidden", f"depends_on: job {dep_id} belongs to another user"
+                    403,
+                    "forbidden",
+                    f"depends_on: job {dep_id} belongs to another user",
+                    field="depends_on",
                 )
             state = dep.job_state
             if state.terminal and state != JobState.SUCCEEDED:
