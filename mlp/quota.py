@@ -287,13 +287,8 @@ class QuotaService:
         return preempted
 
     def set_pool(self, name: str, spec: dict[str, Any], by: str) -> list[Preemption]:
-        cfg = self._derive(
-            pools={
-                DEFAULT_POOL: self.ledger.pools[DEFAULT_POOL]
-                and self.config.pools.get(DEFAULT_POOL, {}),
-                name: spec,
-            }
-        )
+        # build_pools insists on a default pool; only `name` is taken from the result.
+        cfg = self._derive(pools={DEFAULT_POOL: {"capacity": "machine"}, name: spec})
         pool = cfg.build_pools(self.machine)[name]
         preempted = self.ledger.set_pool(pool)
         with self.store.session() as s:
