@@ -18,12 +18,13 @@ if [ ! -x .venv/bin/python ]; then
   echo "install: creating .venv"
   "$PYTHON" -m venv .venv
 fi
-echo "install: Python packages (first run downloads TensorFlow, ~1-2 min)"
+echo "install: Python packages (the first run downloads TensorFlow, ~1-2 min)"
 .venv/bin/python -m pip install --quiet --upgrade pip
+# Not quiet: pip's "Collecting ..." lines are the progress of the long first install.
 if [ -n "$extras" ]; then
-  .venv/bin/python -m pip install --quiet -e ".[$extras]"
+  .venv/bin/python -m pip install --progress-bar off -e ".[$extras]"
 else
-  .venv/bin/python -m pip install --quiet -e .
+  .venv/bin/python -m pip install --progress-bar off -e .
 fi
 echo "install: configurable-http-proxy (npm)"
 npm install --no-audit --no-fund --loglevel=error
