@@ -121,7 +121,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         return 0
     print(f"{'ID':>5}  {'NAME':<24} {'USER':<12} {'STATE':<10} REASON")
     for j in jobs:
-        print(f"{j['id']:>5}  {j['name']:<24} {j['user']:<12} {j['state']:<10} {j['reason']}")
+        reason = j["reason"]
+        queue = j.get("queue") or {}
+        if queue.get("blocking"):
+            reason = f"{reason}; waiting: {queue['blocking'][0]['reason']}"
+        print(f"{j['id']:>5}  {j['name']:<24} {j['user']:<12} {j['state']:<10} {reason}")
     return 0
 
 
