@@ -112,6 +112,19 @@ def test_queue_gang_and_explanation(qhub: Hub):
                for x in q["blocking"]), q["blocking"]
     listed = tina("GET", "/queue").json()["queue"]
     assert [e["id"] for e in listed] == [b["id"]]
+    # the CLI explains it too
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLP_URL": f"{qhub.url}/services/mlp/",
+           "JUPYTERHUB_API_TOKEN": qhub.tokens["tina"]}
+    shown = subprocess.run([sys.executable, "-m", "mlp", "show", str(b["id"])], env=env,
+                           capture_output=True, text=True, timeout=60).stdout
+    assert "0 job(s) ahead" in shown and "blocked: " in shown and "'tight'" in shown, shown
+    listed_cli = subprocess.run([sys.executable, "-m", "mlp", "jobs"], env=env,
+                                capture_output=True, text=True, timeout=60).stdout
+    assert "waiting: " in listed_cli, listed_cli
     # when the first job ends, the gang starts with both tasks
     tina("DELETE", f"/jobs/{a['id']}")
     b = tina.wait(b["id"], {"Running"})
