@@ -17,6 +17,7 @@ from traitlets import Bool, Dict, Float, Integer, List, Type, Unicode, Union, de
 from traitlets.config import Application
 
 from mlp import __version__
+from mlp.alerts import AlertNotifier
 from mlp.backends.base import JobBackend
 from mlp.backends.local import LocalProcessBackend
 from mlp.handlers import HomeHandler, route_table
@@ -38,7 +39,7 @@ class MLPService(Application):
     description = "The mlp control plane: job store, queue and backends, behind a REST API."
     version = __version__
 
-    classes = [LocalProcessBackend, QuotaConfig, ScorePolicy]
+    classes = [LocalProcessBackend, QuotaConfig, ScorePolicy, AlertNotifier]
 
     aliases = {
         "config": "MLPService.config_file",
@@ -210,8 +211,6 @@ class MLPService(Application):
         self.quota = QuotaService(
             self.store, self.quota_config, ScorePolicy(parent=self), backfill=self.backfill
         )
-        from mlp.alerts import AlertNotifier
-
         self.notifier = AlertNotifier(parent=self, log=self.log)
         self.manager = JobManager(
             self.store, self.backend, settings, self.quota, notifier=self.notifier, log=self.log
