@@ -106,6 +106,8 @@ class _Shard:
         self.index = index
         self.device = device
         self.width = table.width
+        # The kernel tests entries + batch > num_buckets * max_load_factor in float32.
+        self.max_load_factor = tf.constant(table.max_load_factor, tf.float32)
         default = tf.concat(
             [tf.zeros([table.width - 1]), tf.bitcast(tf.constant([-1], tf.int32), tf.float32)], 0
         )
@@ -118,6 +120,10 @@ class _Shard:
                 max_load_factor=table.max_load_factor,
                 name=f"vlps_{table.name}_{index}",
             )
+            # The kernel's bucket count, mirrored (the op does not expose it): see _main_insert.
+            self.buckets = tf.Variable(
+                tf.constant(table.initial_buckets, tf.int64), trainable=False,
+                name=f"vlps_{table.name}_{index}_buckets")
             self.side = tf.lookup.experimental.MutableHashTable(
                 tf.int64, tf.float32, default_value=default, name=f"vlps_{table.name}_{index}_side"
             )
@@ -161,18 +167,42 @@ class _Shard:
         # a re-inserted key can exist twice (a stale copy that a later rehash may resurrect).
         # Once a shard has removed keys, remove before insert: remove() probes past deleted
         # buckets and drops the old copy.
-        def careful() -> tf.Tensor:
-            removed = self.main.remove(ids)
-            with tf.control_dependencies([removed]):
+        #
+        # The kernel also doubles its buckets whenever entries + batch size exceeds
+        # buckets * max_load_factor, counting every key of the batch as new: near capacity a
+        # push that only *updates* existing rows would double a pre-sized shard (2x memory)
+        # with no new row. So when the batch would cross that line, remove the batch's keys
+        # first (the kernel's count then drops by the rows that exist) and insert after: the
+        # table grows only if the rows truly exceed its capacity. That leaves deleted buckets,
+        # so the shard is dirty from then on.
+        n = tf.cast(tf.size(ids), tf.int64)
+
+        def crosses(entries: tf.Tensor) -> tf.Tensor:
+            return (tf.cast(entries + n, tf.float32)
+                    > tf.cast(self.buckets, tf.float32) * self.max_load_factor)
+
+        def insert_and_track() -> tf.Tensor:
+            # Mirror the kernel's growth rule (on its own entry count) to keep `buckets` true.
+            entries = self.main.size()
+            with tf.control_dependencies([entries]):
                 inserted = self.main.insert(ids, rows)
-            with tf.control_dependencies([inserted]):
+            grown = tf.nest.flatten(tf.while_loop(
+                lambda b: tf.cast(entries + n, tf.float32)
+                > tf.cast(b, tf.float32) * self.max_load_factor,
+                lambda b: (b * 2,), (self.buckets.read_value(),)))[0]
+            with tf.control_dependencies([inserted, self.buckets.assign(grown)]):
                 return tf.constant(0)
+
+        def careful() -> tf.Tensor:
+            with tf.control_dependencies([self.dirty.assign(True)]):
+                removed = self.main.remove(ids)
+            with tf.control_dependencies([removed]):
+                return insert_and_track()
 
         def plain() -> tf.Tensor:
-            with tf.control_dependencies([self.main.insert(ids, rows)]):
-                return tf.constant(0)
+            return insert_and_track()
 
-        return tf.cond(self.dirty, careful, plain)
+        return tf.cond(self.dirty | crosses(self.main.size()), careful, plain)
 
     def insert_rows(self, ids: tf.Tensor, rows: tf.Tensor) -> None:
         self.version.assign_add(1)

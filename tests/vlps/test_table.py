@@ -169,3 +169,41 @@ def test_initial_rows_are_the_same_in_graphs_and_eagerly() -> None:
     init = vlps.initializers.get("uniform")
     np.testing.assert_array_equal(init(ids, 8).numpy(),
                                   tf.function(lambda i: init(i, 8))(ids).numpy())
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_updates_near_capacity_do_not_double_a_presized_shard(graph: bool) -> None:
+    """DenseHashTable counts every key of an insert as new when it decides to grow: a push
+    that only updates rows of a full pre-sized shard must not double its buckets. Rows must
+    equal those of a roomy table fed the same pushes, and real growth must still happen."""
+    n = 3000  # 2^13 buckets hold 6553 rows at load 0.8
+    tight = vlps.EmbeddingTable(f"tight{graph}", 4, optimizer=vlps.Adagrad(0.1), num_shards=1,
+                                initial_rows_per_shard=6000)
+    roomy = vlps.EmbeddingTable(f"roomy{graph}", 4, optimizer=vlps.Adagrad(0.1), num_shards=1,
+                                initial_rows_per_shard=100_000)
+
+    def push(table, ids, step):
+        fn = tf.function(lambda i: table.push(i, tf.ones([tf.size(i), 4]), step)) if graph \
+            else (lambda i: table.push(i, tf.ones([tf.size(i), 4]), step))
+        fn(ids)
+
+    def buckets(table):
+        return int(tf.size(table.shards[0].main.export()[0]))
+
+    full = tf.range(6000, dtype=tf.int64)
+    for step, ids in enumerate([full[:n], full[n:], full, full, full[::7]], 1):
+        push(tight, ids, step)
+        push(roomy, ids, step)
+    assert buckets(tight) == 2**13 == int(tight.shards[0].buckets.numpy())
+    assert tight.size() == 6000
+    more = tf.range(6000, 7000, dtype=tf.int64)  # 7000 rows need 2^14 buckets
+    for step, ids in [(6, more), (7, full), (8, tf.concat([full, more], 0))]:
+        push(tight, ids, step)
+        push(roomy, ids, step)
+    assert buckets(tight) == 2**14 == int(tight.shards[0].buckets.numpy())
+    kt, rt = tight.shards[0].export_rows()
+    kr, rr = roomy.shards[0].export_rows()
+    assert tight.size() == roomy.size() == 7000 and len(kt.numpy()) == 7000
+    ot, orr = np.argsort(kt.numpy()), np.argsort(kr.numpy())
+    np.testing.assert_array_equal(kt.numpy()[ot], kr.numpy()[orr])
+    np.testing.assert_array_equal(rt.numpy()[ot], rr.numpy()[orr])
