@@ -414,10 +414,12 @@ class JobManager:
                 )
                 return
             current = self.get(job.id)
-            if current.job_state != JobState.STARTING:
-                # Cancelled while starting: the tasks we just launched must not outlive it.
+            if current.job_state != JobState.STARTING or current.attempt != job.attempt:
+                # Cancelled (or preempted, maybe already started again) while starting: the
+                # tasks we just launched must not outlive it, nor replace a newer attempt's.
                 await self.backend.stop(job.id, state)
-                self.store.update(job.id, backend_state=state)
+                if self.get(job.id).attempt == job.attempt:
+                    self.store.update(job.id, backend_state=state)
                 return
             self._transition(
                 job,

@@ -1,0 +1,75 @@
+"""Regressions found in review: races between the manager's awaits, and request validation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psutil
+
+from mlp.states import JobState
+
+SLEEP = "import time; time.sleep(300)"
+
+
+def inline(code: str, name: str = "job", **kw):
+    return {"name": name, "source": {"inline": code}, **kw}
+
+
+async def _until(pred, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def test_job_preempted_while_starting_and_readmitted_is_launched_once(manager_factory):
+    """A job preempted during its (slow) start and admitted again before that start returned
+    must not end up with two sets of processes: the stale start stops its own tasks and leaves
+    the new attempt's backend state alone."""
+    m = manager_factory()
+    real_submit = m.backend.submit
+    gate = asyncio.Event()
+    launched: list[dict] = []
+
+    async def slow_submit(launch):
+        if launch.attempt == 1:
+            await gate.wait()  # e.g. a long git clone
+        state = await real_submit(launch)
+        launched.append(state)
+        return state
+
+    m.backend.submit = slow_submit
+    job = m.submit("alice", inline(SLEEP, tasks={"worker": {"count": 1, "cpu": 1}}))
+    await _until(lambda: m.get(job.id).job_state == JobState.STARTING)
+
+    # The pool shrinks (the job is preempted), then grows back (it is admitted again).
+    m._apply_preemptions(m.quota.set_pool("default", {"capacity": {"cpu": 0.5}}, by="admin"))
+    await _until(lambda: m.get(job.id).job_state == JobState.QUEUED)
+    m._apply_preemptions(
+        m.quota.set_pool("default", {"capacity": {"cpu": 64, "memory": "256Gi"}}, by="admin")
+    )
+    m.kick()
+    await _until(lambda: m.get(job.id).attempt == 2 and len(launched) == 1)
+    await _until(lambda: m.get(job.id).job_state == JobState.RUNNING)
+    gate.set()  # the first, stale start finishes now
+    await _until(lambda: len(launched) == 2)
+    stale = [t["pid"] for t in launched[1]["tasks"]]
+    await _until(lambda: not any(_alive(p) for p in stale))
+    await asyncio.sleep(1.0)  # a few watch passes
+
+    current = m.get(job.id)
+    assert current.job_state == JobState.RUNNING, current.reason
+    running_pids = {t["pid"] for t in current.backend_state["tasks"]}
+    alive = [t["pid"] for s in launched for t in s["tasks"] if _alive(t["pid"])]
+    # exactly the recorded attempt's tasks live; the stale launch was stopped
+    assert set(alive) == running_pids, (alive, running_pids)
+    await m.cancel(job.id, by="alice")
+
