@@ -185,6 +185,11 @@ class ReservationsHandler(QuotaAPIHandler):
                 "resources: reserve at least some cpu or memory",
                 field="resources",
             )
+        for key in ("group", "pool"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                raise ApiError(
+                    400, "bad_request", f"{key}: expected the name of a {key}", field=key
+                )
         groups = caller.get("groups", []) if name == caller["name"] else await self.hub_groups(name)
         ledger = self.quota.ledger
         try:

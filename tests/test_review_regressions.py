@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import psutil
+from mlptest import Api
 
 from mlp.states import JobState
 
@@ -73,3 +74,11 @@ async def test_job_preempted_while_starting_and_readmitted_is_launched_once(mana
     assert set(alive) == running_pids, (alive, running_pids)
     await m.cancel(job.id, by="alice")
 
+
+def test_reservation_with_non_string_pool_or_group_is_a_400_naming_the_field(alice: Api):
+    for field in ("pool", "group"):
+        r = alice("POST", "/reservations",
+                  json={"server": "", "resources": {"cpu": 0.1}, field: ["default"]})
+        assert r.status_code == 400, (field, r.status_code, r.text)
+        assert r.json()["field"] == field
+        assert r.json()["error"] == "bad_request"
