@@ -12,7 +12,7 @@ from mlp.handlers import ApiError, APIHandler, iso
 from mlp.manager import JobManager
 from mlp.quota import QuotaError, QuotaService
 from mlp.scheduling import QuotaExceeded, UnknownNameError, parse_resources, resolve_group
-from mlp.spec import NAME_RE, parse_duration
+from mlp.spec import NAME_RE, SpecError, parse_duration
 from mlp.states import JobState
 
 
@@ -368,7 +368,9 @@ class AdminExpansionsHandler(QuotaAPIHandler):
             else:
                 delay = parse_duration(start_in, "start_in")
         except ValueError as e:
-            raise ApiError(400, "bad_request", str(e)) from None
+            # parse_duration names its field; parse_resources (amount) raises a plain ValueError
+            field = e.field if isinstance(e, SpecError) else "amount"
+            raise ApiError(400, "bad_request", str(e), field=field) from None
         if amount.is_zero():
             raise ApiError(
                 400, "bad_request", "amount: an expansion must add something", field="amount"

@@ -82,3 +82,11 @@ def test_reservation_with_non_string_pool_or_group_is_a_400_naming_the_field(ali
         assert r.status_code == 400, (field, r.status_code, r.text)
         assert r.json()["field"] == field
         assert r.json()["error"] == "bad_request"
+
+
+def test_expansion_with_a_bad_duration_or_amount_is_a_400_naming_the_field(admin: Api):
+    base = {"group": "default", "amount": {"cpu": 1}, "duration": "1h", "reason": "review"}
+    for field, bad in (("duration", "soon"), ("start_in", "later"), ("amount", {"cpu": "x"})):
+        r = admin("POST", "/admin/expansions", json={**base, field: bad})
+        assert r.status_code == 400, (field, r.status_code, r.text)
+        assert r.json()["field"] == field, (field, r.json())
