@@ -373,6 +373,10 @@ class JobManager:
 
     async def _start(self, job: Job, borrowed: bool = False) -> None:
         try:
+            if job_holder_id(job.id) not in self.quota.ledger:
+                # Cancelled or preempted between admission and this start: it holds nothing,
+                # so it must not run (a preempted one is back in the queue).
+                return
             job = self._transition(
                 job,
                 JobState.STARTING,
@@ -523,6 +527,13 @@ class JobManager:
         self._busy.add(job.id)
         try:
             current = self.get(job.id)
+            hid = job_holder_id(job.id)
+            if current.job_state == JobState.QUEUED:
+                # Admitted but not started yet: nothing runs, it only goes back in line.
+                if hid not in self.quota.scheduler:
+                    self.quota.scheduler.submit(self.quota.demand_for(current))
+                self.store.update(job.id, reason=f"admission withdrawn: {reason}")
+                return
             if current.backend_state and current.job_state.active:
                 await self.backend.stop(job.id, current.backend_state)
             current = self._transition(current, JobState.PREEMPTED, f"preempted: {reason}")

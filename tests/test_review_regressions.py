@@ -90,3 +90,32 @@ def test_expansion_with_a_bad_duration_or_amount_is_a_400_naming_the_field(admin
         r = admin("POST", "/admin/expansions", json={**base, field: bad})
         assert r.status_code == 400, (field, r.status_code, r.text)
         assert r.json()["field"] == field, (field, r.json())
+
+
+async def test_preempted_between_admission_and_start_does_not_run_without_quota(manager_factory):
+    """A pass admits a job; before its start task runs, the ledger takes the quota back (an
+    admin change). The job must not start holding nothing: it goes back to the queue."""
+    import asyncio
+
+    from mlp.quota import job_holder_id
+    from mlp.scheduling import Preemption
+
+    m = manager_factory()
+    await m.stop()  # drive the passes by hand
+    job = m.submit("alice", {"name": "gap", "source": {"inline": "import time; time.sleep(60)"}})
+    hid = job_holder_id(job.id)
+    await m.tick()  # admits and schedules the start task, which has not run yet
+    assert hid in m.quota.ledger
+    m.quota.ledger.release(hid)  # what the ledger does when it preempts
+    m._apply_preemptions([Preemption(hid, "quota taken back")])
+    await asyncio.sleep(0.5)  # let the start and preempt tasks run
+    job = m.get(job.id)
+    assert job.state == "Queued" and "admission withdrawn" in job.reason
+    assert job.backend_state is None and hid in m.quota.scheduler and hid not in m.quota.ledger
+    await m.tick()  # admitted again: now it starts, holding its quota
+    for _ in range(100):
+        if m.get(job.id).state == "Running":
+            break
+        await asyncio.sleep(0.05)
+    assert m.get(job.id).state == "Running" and hid in m.quota.ledger
+    await m.cancel(job.id, by="test")
