@@ -453,11 +453,17 @@ class AdminPromotionsHandler(QuotaAPIHandler):
             return moved
         for job in manager.store.list_jobs(user=user, states=[JobState.QUEUED]):
             hid = f"job:{job.id}"
-            if job.name != name or job.spec.get("pool") or hid not in scheduler:
+            if job.name != name or job.spec.get("pool"):
                 continue
-            scheduler.remove(hid)
-            job = manager.store.update(job.id, pool="production")
-            scheduler.submit(self.quota.demand_for(job))
+            if hid in scheduler:
+                scheduler.remove(hid)
+                job = manager.store.update(job.id, pool="production")
+                scheduler.submit(self.quota.demand_for(job))
+            elif job.id in manager._waiting:
+                # Still waiting for its dependencies: it enters the queue in production later.
+                manager.store.update(job.id, pool="production")
+            else:
+                continue  # admitted, starting now
             moved.append(job.id)
         manager.kick()
         return moved

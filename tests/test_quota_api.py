@@ -207,8 +207,15 @@ def test_promotion_to_production(qhub: Hub):
     assert r.status_code == 400 and "promoted" in r.json()["message"]
     assert alice("POST", "/admin/promotions", json={"user": "alice", "name": "ctr-model"}
                  ).status_code == 403
+    blocker = alice.submit(job("blocker", cpu=1, code="import time; time.sleep(2)"))
+    waiting = alice.submit(job("ctr-model", cpu=1, code="print('w')",
+                               depends_on=[blocker["id"]]))
     r = admin("POST", "/admin/promotions", json={"user": "alice", "name": "ctr-model"})
     assert r.status_code == 201
+    # a job of the model still waiting for its dependency moves to production too
+    assert r.json()["moved_to_production"] == [waiting["id"]]
+    waiting = alice.wait(waiting["id"], END)
+    assert waiting["state"] == "Succeeded" and waiting["pool"] == "production"
     j = alice.submit(job("ctr-model", cpu=1, code="print('prod')"))
     assert j["pool"] == "production"
     assert alice.wait(j["id"], END)["state"] == "Succeeded"
