@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import time
 from collections.abc import Iterable
@@ -308,12 +309,11 @@ class LogsHandler(APIHandler):
                 for line in lines:
                     self._event("log", {"task": name, "line": line})
             self._event("state", {"state": job.state, "reason": job.reason})
+            wanted = self.get_argument("task", None)
             await self.flush()
-            state = job.job_state
             while not self.closed:
                 # New tasks' logs appear once a queued job starts.
                 current = self.manager.get(job.id)
-                wanted = self.get_argument("task", None)
                 for name, p in self.manager.backend.log_paths(
                     job.id, current.backend_state or {}
                 ).items():
@@ -325,8 +325,7 @@ class LogsHandler(APIHandler):
                     changed = queue.get_nowait()
                     self._event("state", {"state": changed.state, "reason": changed.reason})
                     wrote = True
-                state = current.job_state
-                if state.terminal:
+                if current.job_state.terminal:
                     self._drain(paths, offsets, partial, final=True)
                     self._event("end", {"state": current.state, "reason": current.reason})
                     await self.flush()
@@ -415,8 +414,6 @@ class HomeHandler(BaseHandler):
 
 
 def _esc(s: str) -> str:
-    import html
-
     return html.escape(s)
 
 

@@ -208,7 +208,7 @@ class JobManager:
         if job.job_state != JobState.QUEUED:
             return None
         if job.id in self._waiting:
-            deps = [d for d in job.spec.get("depends_on", [])]
+            deps = list(job.spec.get("depends_on", []))
             return {
                 "position": None,
                 "score": None,
@@ -273,7 +273,7 @@ class JobManager:
         # Adoption may fail jobs, which releases their holders in the ledger just built.
         self.adopt_all()
         self._forget_stale_holders()
-        self._apply_preemptions(preempted)
+        self.apply_preemptions(preempted)
         for job in reversed(self.store.list_jobs(states=[JobState.QUEUED])):
             self._enqueue(job)
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
@@ -320,7 +320,7 @@ class JobManager:
         now = time.time()
         self._resolve_dependencies()
         plan = self.quota.scheduler.schedule(now)
-        self._apply_preemptions(plan.preempt)
+        self.apply_preemptions(plan.preempt)
         for holder_id, _borrowed in plan.admitted:
             job_id = job_id_of(holder_id)
             job = self.store.get_job(job_id) if job_id is not None else None
@@ -512,7 +512,31 @@ class JobManager:
             if job is None or not job.job_state.active:
                 self.quota.release(holder.id)
 
-    def _apply_preemptions(self, preemptions: list[Preemption]) -> None:
+    def move_to_production(self, user: str, name: str) -> list[int]:
+        """Queued jobs of a model an admin just promoted move to the production pool."""
+        moved: list[int] = []
+        if PRODUCTION_POOL not in self.quota.ledger.pools:
+            return moved
+        scheduler = self.quota.scheduler
+        for job in self.store.list_jobs(user=user, states=[JobState.QUEUED]):
+            hid = job_holder_id(job.id)
+            if job.name != name or job.spec.get("pool"):
+                continue
+            if hid in scheduler:
+                scheduler.remove(hid)
+                job = self.store.update(job.id, pool=PRODUCTION_POOL)
+                scheduler.submit(self.quota.demand_for(job))
+            elif job.id in self._waiting:
+                # Still waiting for its dependencies: it enters the queue in production later.
+                self.store.update(job.id, pool=PRODUCTION_POOL)
+            else:
+                continue  # admitted, starting now
+            moved.append(job.id)
+        self.kick()
+        return moved
+
+    def apply_preemptions(self, preemptions: list[Preemption]) -> None:
+        """Stop and requeue the jobs whose holders the ledger released to restore a limit."""
         for p in preemptions:
             self.quota.forget(p.holder_id)
             job_id = job_id_of(p.holder_id)

@@ -19,7 +19,6 @@ from sqlalchemy import delete, select
 
 from mlp.scheduling import (
     DEFAULT_POOL,
-    PRODUCTION_POOL,
     Blocker,
     Demand,
     Expansion,
@@ -138,9 +137,6 @@ class QuotaService:
         values.update(changes)
         return QuotaConfig(**values)
 
-    def _config_pools(self) -> dict[str, Any]:
-        return dict(self.config.pools)
-
     def build_pools(self) -> dict[str, Pool]:
         with self.store.session() as s:
             stored = {r.name: r.spec for r in s.scalars(select(PoolRow))}
@@ -186,7 +182,7 @@ class QuotaService:
                     user=job.user,
                     group=job.group or "",
                     pool=job.pool or DEFAULT_POOL,
-                    amount=self.demand_total(job),
+                    amount=self.demand_for(job).total,
                     priority=job.priority,
                     admitted_at=job.started_at or now,
                     until=(job.started_at or now) + float(job.spec.get("max_runtime", 3600)),
@@ -199,13 +195,6 @@ class QuotaService:
         return self.ledger.advance(now)
 
     # ------------------------------------------------------------------ demands
-    def demand_total(self, job: Job) -> Resources:
-        total = Resources.zero()
-        for task in job.spec["tasks"].values():
-            one = Resources(cpu=task["cpu"], memory=task["memory"], gpu=task["gpu"])
-            total = total + one.scale(task["count"])
-        return total
-
     def demand_for(self, job: Job) -> Demand:
         return self.demand(
             job_holder_id(job.id),
@@ -386,4 +375,4 @@ class QuotaService:
             ]
 
 
-__all__ = ["PRODUCTION_POOL", "QuotaError", "QuotaService", "job_holder_id", "job_id_of"]
+__all__ = ["QuotaError", "QuotaService", "job_holder_id", "job_id_of"]

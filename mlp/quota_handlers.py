@@ -9,8 +9,7 @@ from typing import Any
 from tornado import web
 
 from mlp.handlers import ApiError, APIHandler, iso
-from mlp.manager import JobManager
-from mlp.quota import QuotaError, QuotaService
+from mlp.quota import QuotaService
 from mlp.scheduling import QuotaExceeded, UnknownNameError, parse_resources, resolve_group
 from mlp.spec import NAME_RE, SpecError, parse_duration
 from mlp.states import JobState
@@ -41,7 +40,7 @@ class QuotaAPIHandler(APIHandler):
         return ApiError(400, "bad_request", str(e), **extra)
 
     def preempt(self, preemptions: list[Any]) -> list[str]:
-        self.manager._apply_preemptions(preemptions)
+        self.manager.apply_preemptions(preemptions)
         self.manager.kick()
         return [p.holder_id for p in preemptions]
 
@@ -358,15 +357,7 @@ class AdminExpansionsHandler(QuotaAPIHandler):
                 body.get("amount") or {}, self.quota.config.extra_resources, "amount"
             )
             duration = parse_duration(body.get("duration"), "duration")
-            start_in = body.get("start_in", 0)
-            if (
-                isinstance(start_in, str | int | float)
-                and not isinstance(start_in, bool)
-                and (start_in == 0 or start_in == "0")
-            ):
-                delay = 0.0
-            else:
-                delay = parse_duration(start_in, "start_in")
+            delay = parse_duration(body.get("start_in", 0), "start_in", allow_zero=True)
         except ValueError as e:
             # parse_duration names its field; parse_resources (amount) raises a plain ValueError
             field = e.field if isinstance(e, SpecError) else "amount"
@@ -433,7 +424,7 @@ class AdminPromotionsHandler(QuotaAPIHandler):
         if not isinstance(user, str) or not isinstance(name, str) or not NAME_RE.match(name):
             raise ApiError(400, "bad_request", "user and name must be a user and a job name")
         self.quota.promote(user, name, by=admin["name"])
-        moved = self.move_queued(user, name)
+        moved = self.manager.move_to_production(user, name)
         self.write_json(
             {
                 "user": user,
@@ -443,30 +434,6 @@ class AdminPromotionsHandler(QuotaAPIHandler):
             },
             status=201,
         )
-
-    def move_queued(self, user: str, name: str) -> list[int]:
-        """Queued jobs of a newly promoted model move to the production pool."""
-        moved: list[int] = []
-        manager: JobManager = self.manager
-        scheduler = self.quota.scheduler
-        if "production" not in self.quota.ledger.pools:
-            return moved
-        for job in manager.store.list_jobs(user=user, states=[JobState.QUEUED]):
-            hid = f"job:{job.id}"
-            if job.name != name or job.spec.get("pool"):
-                continue
-            if hid in scheduler:
-                scheduler.remove(hid)
-                job = manager.store.update(job.id, pool="production")
-                scheduler.submit(self.quota.demand_for(job))
-            elif job.id in manager._waiting:
-                # Still waiting for its dependencies: it enters the queue in production later.
-                manager.store.update(job.id, pool="production")
-            else:
-                continue  # admitted, starting now
-            moved.append(job.id)
-        manager.kick()
-        return moved
 
 
 class AdminPromotionHandler(QuotaAPIHandler):
@@ -502,5 +469,3 @@ def quota_routes(api_prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
         (rf"{api_prefix}/admin/usage/?", AdminUsageHandler),
     ]
 
-
-__all__ = ["QuotaError", "quota_routes"]

@@ -116,8 +116,8 @@ class JobSpec:
         )
 
 
-def parse_duration(value: Any, field_name: str) -> float:
-    """Seconds from 3600, "3600", "90s", "30m", "2h" or "1d"; must be positive."""
+def parse_duration(value: Any, field_name: str, *, allow_zero: bool = False) -> float:
+    """Seconds from 3600, "3600", "90s", "30m", "2h" or "1d"; must be positive (or zero)."""
     if isinstance(value, bool):
         raise SpecError(field_name, f"expected a duration like 3600, '30m' or '2h', got {value!r}")
     if isinstance(value, int | float):
@@ -126,7 +126,7 @@ def parse_duration(value: Any, field_name: str) -> float:
         seconds = float(m.group(1)) * DURATION_UNITS[m.group(2)]
     else:
         raise SpecError(field_name, f"expected a duration like 3600, '30m' or '2h', got {value!r}")
-    if not seconds > 0 or seconds == float("inf"):
+    if seconds == float("inf") or not (seconds >= 0 if allow_zero else seconds > 0):
         raise SpecError(field_name, f"must be a positive duration, got {value!r}")
     return seconds
 

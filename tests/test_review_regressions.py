@@ -52,9 +52,9 @@ async def test_job_preempted_while_starting_and_readmitted_is_launched_once(mana
     await _until(lambda: m.get(job.id).job_state == JobState.STARTING)
 
     # The pool shrinks (the job is preempted), then grows back (it is admitted again).
-    m._apply_preemptions(m.quota.set_pool("default", {"capacity": {"cpu": 0.5}}, by="admin"))
+    m.apply_preemptions(m.quota.set_pool("default", {"capacity": {"cpu": 0.5}}, by="admin"))
     await _until(lambda: m.get(job.id).job_state == JobState.QUEUED)
-    m._apply_preemptions(
+    m.apply_preemptions(
         m.quota.set_pool("default", {"capacity": {"cpu": 64, "memory": "256Gi"}}, by="admin")
     )
     m.kick()
@@ -107,7 +107,7 @@ async def test_preempted_between_admission_and_start_does_not_run_without_quota(
     await m.tick()  # admits and schedules the start task, which has not run yet
     assert hid in m.quota.ledger
     m.quota.ledger.release(hid)  # what the ledger does when it preempts
-    m._apply_preemptions([Preemption(hid, "quota taken back")])
+    m.apply_preemptions([Preemption(hid, "quota taken back")])
     await asyncio.sleep(0.5)  # let the start and preempt tasks run
     job = m.get(job.id)
     assert job.state == "Queued" and "admission withdrawn" in job.reason

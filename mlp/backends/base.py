@@ -100,6 +100,3 @@ class JobBackend(LoggingConfigurable):
     def log_paths(self, job_id: int, backend_state: dict[str, Any]) -> dict[str, str]:
         """Task name -> log file (local backends) for the logs API."""
         raise NotImplementedError
-
-    def job_env(self, job_id: int, backend_state: dict[str, Any]) -> dict[str, str]:
-        return {}
