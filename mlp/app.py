@@ -17,16 +17,17 @@ from traitlets import Bool, Dict, Float, Integer, List, Type, Unicode, Union, de
 from traitlets.config import Application
 
 from mlp import __version__
-from mlp.alerts import AlertNotifier
+from mlp.api import route_table
+from mlp.api.home import HomeHandler
+from mlp.api.openapi import build_openapi
 from mlp.backends.base import JobBackend
 from mlp.backends.local import LocalProcessBackend
-from mlp.handlers import HomeHandler, route_table
-from mlp.manager import JobManager, ManagerSettings
-from mlp.openapi import build_openapi
-from mlp.quota import QuotaService
+from mlp.core.alerts import AlertNotifier
+from mlp.core.manager import JobManager, ManagerSettings
+from mlp.core.quota import QuotaService
+from mlp.core.spec import TaskSpec
 from mlp.scheduling import QuotaConfig, ScorePolicy
 from mlp.scheduling.resources import parse_cpu, parse_memory
-from mlp.spec import TaskSpec
 from mlp.store import Store
 
 

@@ -2,7 +2,7 @@
 
 Every error is an `OptionError` that names the option the user typed (not the spec field the
 service would name), so the message can be acted on in the notebook. Specs are checked with the
-service's own `mlp.spec.validate_spec`, so a spec refused here would be refused there too, with
+service's own `mlp.core.spec.validate_spec`, so a spec refused here would be refused there too, with
 the same words.
 """
 
@@ -25,7 +25,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.utils.process import arg_split
 
-from mlp.spec import NAME_RE, SPEC_FIELDS, SpecError, validate_spec
+from mlp.core.spec import NAME_RE, SPEC_FIELDS, SpecError, validate_spec
 
 ROLES = ("chief", "ps", "worker")
 RESOURCES = ("cpu", "memory", "gpu")

@@ -14,7 +14,7 @@ from typing import Any
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import Unicode, default
 
-from mlp.paths import user_home
+from mlp.core.paths import user_home
 
 
 class LocalMLPSpawner(SimpleLocalProcessSpawner):

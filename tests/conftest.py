@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 from mlptest import Api, Hub, start_hub, stop_hub
 
-from mlp.alerts import AlertNotifier
 from mlp.backends.local import LocalProcessBackend
-from mlp.manager import JobManager, ManagerSettings
-from mlp.quota import QuotaService
+from mlp.core.alerts import AlertNotifier
+from mlp.core.manager import JobManager, ManagerSettings
+from mlp.core.quota import QuotaService
+from mlp.core.spec import TaskSpec
+from mlp.core.states import JobState
 from mlp.scheduling import QuotaConfig, ScorePolicy
-from mlp.spec import TaskSpec
-from mlp.states import JobState
 from mlp.store import Store
 
 

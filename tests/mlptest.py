@@ -17,8 +17,8 @@ from typing import Any
 
 import requests
 
-from mlp.manager import JobManager
-from mlp.states import JobState
+from mlp.core.manager import JobManager
+from mlp.core.states import JobState
 from mlp.store import Job
 
 REPO = Path(__file__).resolve().parent.parent

@@ -31,7 +31,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from tornado import web
 from tornado.httpserver import HTTPServer
 
-from mlp.alerts import (
+from mlp.core.alerts import (
     ALERT_EVENTS,
     AlertNotifier,
     Delivery,
@@ -39,7 +39,7 @@ from mlp.alerts import (
     redact_url,
     validate_alerts,
 )
-from mlp.spec import SpecError
+from mlp.core.spec import SpecError
 
 JOB: dict[str, Any] = {
     "id": 12,

@@ -12,7 +12,7 @@ import pytest
 import requests
 from mlptest import EXAMPLES, Api, Hub, kill_mlp_service, wait_for_service
 
-from mlp.handlers import documented_methods, route_table
+from mlp.api import documented_methods, route_table
 
 pytestmark = pytest.mark.integration
 END = {"Succeeded", "Failed", "Cancelled", "TimedOut"}
@@ -240,7 +240,7 @@ def test_follow_sends_keepalives_and_survives_a_client_that_leaves(hub: Hub, ali
 
 
 def test_openapi_documents_every_route():
-    from mlp.openapi import build_openapi
+    from mlp.api.openapi import build_openapi
 
     doc = build_openapi("/services/mlp/api/v1", "test")
     assert doc["openapi"].startswith("3.1")

@@ -12,7 +12,7 @@ import psutil
 import pytest
 from mlptest import wait_for_state
 
-from mlp.states import JobState
+from mlp.core.states import JobState
 
 END = {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT}
 
@@ -283,7 +283,7 @@ async def test_missing_path_and_symlink_escape(manager_factory, data_dir, tmp_pa
 
 
 async def test_unknown_runtime_is_refused_at_submit(manager_factory):
-    from mlp.manager import RuntimeNotConfigured
+    from mlp.core.manager import RuntimeNotConfigured
 
     m = manager_factory()
     with pytest.raises(RuntimeNotConfigured, match=r"'tf-1\.15' is not configured; available: "

@@ -4,7 +4,7 @@ import pytest
 from mlptest import REPO
 
 from mlp.app import MLPService
-from mlp.quota import machine_resources
+from mlp.core.quota import machine_resources
 from mlp.scheduling import QuotaConfig
 
 

@@ -8,7 +8,7 @@ import time
 import psutil
 from mlptest import Api
 
-from mlp.states import JobState
+from mlp.core.states import JobState
 
 SLEEP = "import time; time.sleep(300)"
 
@@ -97,7 +97,7 @@ async def test_preempted_between_admission_and_start_does_not_run_without_quota(
     admin change). The job must not start holding nothing: it goes back to the queue."""
     import asyncio
 
-    from mlp.quota import job_holder_id
+    from mlp.core.quota import job_holder_id
     from mlp.scheduling import Preemption
 
     m = manager_factory()

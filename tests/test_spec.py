@@ -2,7 +2,7 @@
 
 import pytest
 
-from mlp.spec import SpecError, parse_duration, validate_spec
+from mlp.core.spec import SpecError, parse_duration, validate_spec
 
 SRC = {"inline": "print('hi')"}
 

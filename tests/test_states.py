@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from mlp.states import TERMINAL_STATES, JobState, TransitionError, check_transition
+from mlp.core.states import TERMINAL_STATES, JobState, TransitionError, check_transition
 
 HAPPY = [JobState.QUEUED, JobState.STARTING, JobState.RUNNING, JobState.SUCCEEDED]
 

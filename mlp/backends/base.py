@@ -8,7 +8,7 @@ from typing import Any
 from traitlets import Float
 from traitlets.config import LoggingConfigurable
 
-from mlp.spec import JobSpec
+from mlp.core.spec import JobSpec
 
 
 @dataclass

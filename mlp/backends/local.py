@@ -23,7 +23,7 @@ import psutil
 from traitlets import Float, Unicode
 
 from mlp.backends.base import JobBackend, JobLaunch, Observation, SetupError, TaskStatus
-from mlp.paths import job_dir, user_home
+from mlp.core.paths import job_dir, user_home
 
 # Runs "$@" and records its exit status atomically in the file named by $0.
 _WRAPPER = '"$@"; rc=$?; echo $rc > "$0.tmp" && mv "$0.tmp" "$0"; exit $rc'

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import mlp_magics
-from mlp.metrics import MAX_SERIES, read_metrics
+from mlp.core.metrics import MAX_SERIES, read_metrics
 from mlp_magics.report import task_name
 
 

@@ -21,7 +21,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HT
 from traitlets import Bool, Float, Integer, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
-from mlp.spec import SpecError
+from mlp.core.spec import SpecError
 
 ALERT_EVENTS = ("failed", "timed_out", "succeeded", "preempted", "cancelled")
 

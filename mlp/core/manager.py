@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mlp.backends.base import JobBackend, JobLaunch, Observation, SetupError
-from mlp.quota import QuotaError, QuotaService, job_holder_id, job_id_of
+from mlp.core.quota import QuotaError, QuotaService, job_holder_id, job_id_of
+from mlp.core.spec import JobSpec, SpecError, TaskSpec, validate_spec
+from mlp.core.states import TERMINAL_STATES, JobState, TransitionError
 from mlp.scheduling import PRODUCTION_POOL, Preemption, resolve_group
 from mlp.scheduling.scheduler import validate_fits_ever
-from mlp.spec import JobSpec, SpecError, TaskSpec, validate_spec
-from mlp.states import TERMINAL_STATES, JobState, TransitionError
 from mlp.store import Job, Store
 
 if TYPE_CHECKING:
-    from mlp.alerts import AlertNotifier
+    from mlp.core.alerts import AlertNotifier
 
 ALERT_EVENT = {
     JobState.SUCCEEDED: "succeeded",
@@ -71,7 +71,7 @@ class JobManager:
         self.notifier = notifier
         # Queued jobs waiting for their dependencies (not in the scheduler yet).
         self._waiting: set[int] = set()
-        self.log = log or logging.getLogger("mlp.manager")
+        self.log = log or logging.getLogger("mlp.core.manager")
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._busy: set[int] = set()  # jobs with a start/stop in flight

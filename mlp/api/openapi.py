@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlp.metrics import openapi_paths as metrics_openapi_paths
-from mlp.states import JobState
+from mlp.api.base import APIHandler
+from mlp.api.metrics import openapi_paths as metrics_openapi_paths
+from mlp.core.states import JobState
 
 _ERR = {"$ref": "#/components/responses/Error"}
 
@@ -425,7 +426,7 @@ def _path_param(name: str) -> dict[str, Any]:
 
 
 def quota_paths() -> dict[str, Any]:
-    """Queue, quota, reservations and the admin API (mlp/quota_handlers.py)."""
+    """Queue, quota, reservations and the admin API (mlp/api/: queue, reservations, admin)."""
     err = ("400", "401", "403", "404")
     return {
         "/queue": {
@@ -522,3 +523,10 @@ def quota_paths() -> dict[str, Any]:
         },
         "/admin/usage": {"get": _op("Usage per pool, group, user and cohort", "usage", admin=True)},
     }
+
+
+class OpenAPIHandler(APIHandler):
+    public = True
+
+    async def get(self) -> None:
+        self.write_json(self.settings["openapi"])

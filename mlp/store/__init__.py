@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
-from mlp.states import JobState, check_transition
+from mlp.core.states import JobState, check_transition
 
 
 class Base(DeclarativeBase):

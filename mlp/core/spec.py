@@ -324,7 +324,7 @@ def validate_spec(
         raise SpecError("depends_on", "expected a list of job ids (positive whole numbers)")
     if len(depends_on) > MAX_DEPENDENCIES:
         raise SpecError("depends_on", f"at most {MAX_DEPENDENCIES} dependencies")
-    from mlp.alerts import validate_alerts  # alerts imports this module
+    from mlp.core.alerts import validate_alerts  # alerts imports this module
 
     alerts = validate_alerts(spec.get("alerts", []), email_enabled=True)
     return JobSpec(

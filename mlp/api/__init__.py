@@ -1,0 +1,45 @@
+"""The REST API v1 of the mlp service: one module per resource over `base.APIHandler`.
+
+Handlers parse, authorize, call the core (`mlp.core`), serialize; no platform logic lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from tornado import web
+
+from mlp.api import admin, jobs, logs, metrics, queue, reservations
+from mlp.api.base import NotFoundHandler
+from mlp.api.openapi import OpenAPIHandler
+
+
+def route_table(api_prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
+    p = api_prefix
+    return [
+        (rf"{p}/jobs/?", jobs.JobsHandler),
+        (rf"{p}/jobs/(?P<job_id>[^/]+)/?", jobs.JobHandler),
+        (rf"{p}/jobs/(?P<job_id>[^/]+)/logs/?", logs.LogsHandler),
+        (rf"{p}/jobs/(?P<job_id>[^/]+)/metrics/?", metrics.MetricsHandler),
+        (rf"{p}/queue/?", queue.QueueHandler),
+        (rf"{p}/quota/?", queue.MyQuotaHandler),
+        (rf"{p}/reservations/?", reservations.ReservationsHandler),
+        (rf"{p}/reservations/(?P<reservation>[^/]+/[^/]*)", reservations.ReservationHandler),
+        (rf"{p}/admin/groups/?", admin.AdminGroupsHandler),
+        (rf"{p}/admin/groups/(?P<name>[^/]+)", admin.AdminGroupHandler),
+        (rf"{p}/admin/pools/?", admin.AdminPoolsHandler),
+        (rf"{p}/admin/pools/(?P<name>[^/]+)", admin.AdminPoolHandler),
+        (rf"{p}/admin/expansions/?", admin.AdminExpansionsHandler),
+        (rf"{p}/admin/expansions/(?P<expansion_id>[^/]+)", admin.AdminExpansionHandler),
+        (rf"{p}/admin/promotions/?", admin.AdminPromotionsHandler),
+        (rf"{p}/admin/promotions/(?P<user>[^/]+)/(?P<name>[^/]+)", admin.AdminPromotionHandler),
+        (rf"{p}/admin/usage/?", admin.AdminUsageHandler),
+        (rf"{p}/openapi.json", OpenAPIHandler),
+        (rf"{p}/.*", NotFoundHandler),
+    ]
+
+
+def documented_methods(handler: type[web.RequestHandler]) -> Iterable[str]:
+    for method in ("get", "post", "put", "patch", "delete"):
+        if method in vars(handler):
+            yield method

@@ -1,0 +1,2 @@
+"""The platform core: job spec, state machine, manager, quota service, alerts, metrics
+storage and per-user paths. Nothing here imports from `mlp.api`."""
