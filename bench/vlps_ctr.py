@@ -30,7 +30,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from vlps_tfra_peer import auc, fingerprint  # noqa: E402
+
+from mlp.core.ports import free_ports  # noqa: E402
 
 DEFAULT_TFRA = "/work/tfra-venv/bin/python"
 BIN_BYTES_PER_DIM = 2 * 4  # a Keras Embedding row: float32 value + float32 Adagrad accumulator
@@ -189,17 +190,6 @@ def child(case: str, args: argparse.Namespace, bins: int = 0) -> dict:
     cmd = [sys.executable, __file__, "--case", case, "--bins", str(bins), *common_args(args)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     return last_json(out, f"case {case}")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("localhost", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -19,9 +19,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def hub_config_path() -> Path:
-    import hub_config
+    import mlp_hub_config
 
-    return Path(hub_config.__file__).resolve().parent / "jupyterhub_config.py"
+    return Path(mlp_hub_config.__file__).resolve().parent / "jupyterhub_config.py"
 
 
 def find_proxy() -> str | None:

@@ -4,7 +4,7 @@
 - `manager_factory`: builds a real JobManager (SQLite store + LocalProcessBackend) on a data dir;
   calling it twice on the same dir is a service restart.
 - `hub`: a real JupyterHub + configurable-http-proxy + mlp service (+ idle culler) started from
-  hub_config/jupyterhub_config.py on free loopback ports, once per session. It carries a
+  hub_config/mlp_hub_config/jupyterhub_config.py on free loopback ports, once per session. It carries a
   `test-admin` service token for the hub API and `hub.user_token(name)` creates users/tokens.
 - `alice`, `bob`, `admin`: REST clients of the mlp API (through the proxy) as those users.
 """

@@ -7,7 +7,6 @@ import asyncio
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,18 +17,13 @@ from typing import Any
 import requests
 
 from mlp.core.manager import JobManager
+from mlp.core.ports import free_port
 from mlp.core.states import JobState
 from mlp.store import Job
 
 REPO = Path(__file__).resolve().parent.parent
-HUB_CONFIG = REPO / "hub_config" / "jupyterhub_config.py"
+HUB_CONFIG = REPO / "hub_config" / "mlp_hub_config" / "jupyterhub_config.py"
 EXAMPLES = REPO / "examples"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def wait_for_state(

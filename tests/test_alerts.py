@@ -16,7 +16,6 @@ import base64
 import itertools
 import json
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -31,14 +30,9 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from tornado import web
 from tornado.httpserver import HTTPServer
 
-from mlp.core.alerts import (
-    ALERT_EVENTS,
-    AlertNotifier,
-    Delivery,
-    parse_retry_after,
-    redact_url,
-    validate_alerts,
-)
+from mlp.core.alert_rules import ALERT_EVENTS, redact_url, validate_alerts
+from mlp.core.alerts import AlertNotifier, Delivery, parse_retry_after
+from mlp.core.ports import free_port
 from mlp.core.spec import SpecError
 
 JOB: dict[str, Any] = {
@@ -49,12 +43,6 @@ JOB: dict[str, Any] = {
     "reason": "task worker-0 exited with code 1",
     "attempt": 1,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ===================================================================================== validation

@@ -10,7 +10,7 @@ from mlp.scheduling import QuotaConfig
 
 def test_example_quota_file_builds():
     config = QuotaConfig()
-    MLPService.load_quota_file(config, str(REPO / "hub_config" / "examples" / "quotas.yaml"))
+    MLPService.load_quota_file(config, str(REPO / "hub_config" / "mlp_hub_config" / "examples" / "quotas.yaml"))
     machine = machine_resources()
     pools = config.build_pools(machine)
     groups = config.build_groups(machine, pools)

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -24,16 +23,11 @@ from traitlets import Float, Unicode
 
 from mlp.backends.base import JobBackend, JobLaunch, Observation, SetupError, TaskStatus
 from mlp.core.paths import job_dir, user_home
+from mlp.core.ports import free_ports
 
 # Runs "$@" and records its exit status atomically in the file named by $0.
 _WRAPPER = '"$@"; rc=$?; echo $rc > "$0.tmp" && mv "$0.tmp" "$0"; exit $rc'
 _KEEP_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE", "LD_LIBRARY_PATH")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def task_names(spec_tasks: dict[str, Any]) -> list[tuple[str, int]]:
@@ -142,7 +136,7 @@ class LocalProcessBackend(JobBackend):
             raise
 
         names = task_names(spec.tasks)
-        ports = {name: free_port(self.host) for name in names}
+        ports = dict(zip(names, free_ports(len(names), self.host), strict=True))
         cluster: dict[str, list[str]] = {}
         for role, index in names:
             cluster.setdefault(role, []).append(f"{self.host}:{ports[(role, index)]}")

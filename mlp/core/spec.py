@@ -1,54 +1,54 @@
-"""Validation of job specifications: turns untrusted JSON/YAML into a normalized JobSpec.
+"""The job spec, defined once: `JobSpecModel` (pydantic) is the wire format of `POST /jobs`,
+its validation and normalisation (quantities, durations, the default chief) and, through its JSON
+schema, the OpenAPI document's `JobSpec`. `validate_spec` turns untrusted JSON/YAML into the
+normalized, immutable `JobSpec` the core works with.
 
-Pure functions, no I/O. Every error names the offending field so that the REST API, the CLI and
-the notebook magics can show the user exactly what to fix.
+No I/O. Every error names the offending field (`SpecError.field`, a dotted path such as
+`tasks.worker.memory` or `alerts[1].webhook`) so that the REST API, the CLI and the notebook magics
+can show the user exactly what to fix.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
+
+from mlp.core.alert_rules import validate_alerts
+from mlp.core.errors import SpecError
+from mlp.core.fields import (
+    ALERTS_SCHEMA,
+    CPU_SCHEMA,
+    DURATION_SCHEMA,
+    ENV_NAME_RE,
+    GPU_SCHEMA,
+    MAX_DEPENDENCIES,
+    MAX_PRIORITY,
+    MAX_TASKS_PER_TYPE,
+    MEMORY_SCHEMA,
+    MIN_PRIORITY,
+    NAME_RE,
+    RESERVED_ENV,
+    SOURCE_SCHEMA,
+    TASK_TYPES,
+    parse_duration,
+    refuse_unknown,
+    require_mapping,
+    validate_name,
+    validate_source,
+)
 from mlp.scheduling.resources import format_memory, parse_cpu, parse_gpu, parse_memory
-
-TASK_TYPES = ("chief", "ps", "worker")
-# A name must survive as a Kubernetes object name, a file name and a URL segment unchanged.
-NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-RESERVED_ENV = re.compile(r"^(TF_CONFIG|MLP_.*|JUPYTERHUB_.*)$")
-DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
-MAX_TASKS_PER_TYPE = 64
-MIN_PRIORITY, MAX_PRIORITY = -100, 100
-MAX_DEPENDENCIES = 50
-
-SPEC_FIELDS = {
-    "pool",
-    "priority",
-    "group",
-    "depends_on",
-    "alerts",
-    "name",
-    "source",
-    "args",
-    "env",
-    "params",
-    "runtime",
-    "tasks",
-    "max_runtime",
-    "batch",
-}
-TASK_FIELDS = {"count", "cpu", "memory", "gpu"}
-
-
-class SpecError(ValueError):
-    """An invalid job spec; `field` is the dotted path of the offending field."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -116,137 +116,268 @@ class JobSpec:
         )
 
 
-def parse_duration(value: Any, field_name: str, *, allow_zero: bool = False) -> float:
-    """Seconds from 3600, "3600", "90s", "30m", "2h" or "1d"; must be positive (or zero)."""
-    if isinstance(value, bool):
-        raise SpecError(field_name, f"expected a duration like 3600, '30m' or '2h', got {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := DURATION_RE.match(value)):
-        seconds = float(m.group(1)) * DURATION_UNITS[m.group(2)]
-    else:
-        raise SpecError(field_name, f"expected a duration like 3600, '30m' or '2h', got {value!r}")
-    if seconds == float("inf") or not (seconds >= 0 if allow_zero else seconds > 0):
-        raise SpecError(field_name, f"must be a positive duration, got {value!r}")
-    return seconds
-
-
-def _require_mapping(value: Any, field_name: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise SpecError(field_name, f"expected an object, got {type(value).__name__}")
-    return value
-
-
-def _refuse_unknown(given: dict[str, Any], known: set[str], prefix: str) -> None:
-    unknown = sorted(set(given) - known)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise SpecError(
-            f"{where}{unknown[0]}",
-            f"unknown field; valid fields are: {', '.join(sorted(known))}",
-        )
-
-
-def validate_name(name: Any, field_name: str = "name") -> str:
-    if not isinstance(name, str) or not name:
-        raise SpecError(field_name, "a job name is required (a non-empty string)")
-    if len(name) > 63:
-        raise SpecError(field_name, f"at most 63 characters, got {len(name)}")
-    if not NAME_RE.match(name):
-        raise SpecError(
-            field_name,
-            f"{name!r} is not a valid name: use lowercase letters a-z, digits and '-', "
-            "starting and ending with a letter or digit (it becomes a file and object name)",
-        )
-    return name
-
-
-def validate_relative_path(path: Any, field_name: str) -> str:
-    """A path inside a folder: relative, no '..', no NUL, not empty."""
-    if not isinstance(path, str) or not path.strip():
-        raise SpecError(field_name, "expected a non-empty relative path")
-    if "\x00" in path:
-        raise SpecError(field_name, "path contains a NUL byte")
-    if path.startswith("/") or path.startswith("~"):
-        raise SpecError(field_name, f"{path!r} must be relative to your home folder")
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if any(p == ".." for p in parts):
-        raise SpecError(field_name, f"{path!r} must not contain '..'")
-    if not parts:
-        raise SpecError(field_name, "expected a file path")
-    return "/".join(parts)
-
-
-def _validate_source(raw: Any) -> dict[str, str]:
-    src = _require_mapping(raw, "source")
-    # "path" doubles as the file inside a git repository, so git wins when both are given.
-    kinds: list[str] = [k for k in ("inline", "git") if k in src]
-    if "path" in src and "git" not in src:
-        kinds.append("path")
-    if len(kinds) != 1:
-        raise SpecError("source", "give exactly one of 'inline' (code), 'path' or 'git'")
-    kind = kinds[0]
-    if kind == "inline":
-        _refuse_unknown(src, {"inline"}, "source")
-        code = src["inline"]
-        if not isinstance(code, str) or not code.strip():
-            raise SpecError("source.inline", "the training code is empty")
-        return {"inline": code}
-    if kind == "path":
-        _refuse_unknown(src, {"path"}, "source")
-        return {"path": validate_relative_path(src["path"], "source.path")}
-    _refuse_unknown(src, {"git", "ref", "path"}, "source")
-    url = src["git"]
-    if not isinstance(url, str) or not re.match(r"^(https?://|ssh://|git@|file://)\S+$", url):
-        raise SpecError(
-            "source.git", f"expected a git URL (https://, ssh://, git@ or file://), got {url!r}"
-        )
-    ref = src.get("ref", "HEAD")
-    if (
-        not isinstance(ref, str)
-        or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$", ref)
-        or (".." in ref)
-    ):
-        raise SpecError("source.ref", f"{ref!r} is not a valid branch, tag or commit")
-    path = validate_relative_path(src.get("path", "train.py"), "source.path")
-    return {"git": url, "ref": ref, "path": path}
-
-
-def _validate_task(raw: Any, role: str, defaults: TaskSpec) -> TaskSpec:
-    fname = f"tasks.{role}"
-    task = _require_mapping(raw, fname)
-    _refuse_unknown(task, TASK_FIELDS, fname)
-    count = task.get("count", 1)
-    if isinstance(count, bool) or not isinstance(count, int):
-        raise SpecError(f"{fname}.count", f"expected a whole number, got {count!r}")
-    if count < 1:
-        raise SpecError(
-            f"{fname}.count", f"must be at least 1, got {count} (leave the role out instead)"
-        )
-    if count > MAX_TASKS_PER_TYPE:
-        raise SpecError(f"{fname}.count", f"at most {MAX_TASKS_PER_TYPE}, got {count}")
-    if role == "chief" and count != 1:
-        raise SpecError(f"{fname}.count", f"a job has exactly one chief, got {count}")
-    try:
-        cpu = parse_cpu(task["cpu"]) if "cpu" in task else defaults.cpu
-    except ValueError as e:
-        raise SpecError(f"{fname}.cpu", str(e)) from None
-    try:
-        memory = parse_memory(task["memory"]) if "memory" in task else defaults.memory
-    except ValueError as e:
-        raise SpecError(f"{fname}.memory", str(e)) from None
-    try:
-        gpu = parse_gpu(task["gpu"]) if "gpu" in task else defaults.gpu
-    except ValueError as e:
-        raise SpecError(f"{fname}.gpu", str(e)) from None
-    if cpu <= 0:
-        raise SpecError(f"{fname}.cpu", f"must be more than 0, got {cpu:g}")
-    if memory <= 0:
-        raise SpecError(f"{fname}.memory", "must be more than 0")
-    return TaskSpec(count=count, cpu=cpu, memory=memory, gpu=gpu)
-
-
 DEFAULT_TASK = TaskSpec(count=1, cpu=1.0, memory=2 * 1024**3, gpu=0)
+
+Name = Annotated[str, Field(min_length=1, max_length=63, pattern=NAME_RE.pattern)]
+
+
+class TaskModel(BaseModel):
+    """Resources of one task role; cpu, memory and gpu default to the platform's settings."""
+
+    model_config = ConfigDict(extra="forbid", title="Resources")
+
+    count: Annotated[int, Field(ge=1, le=MAX_TASKS_PER_TYPE)] = 1
+    cpu: Annotated[float | None, WithJsonSchema(CPU_SCHEMA)] = None
+    memory: Annotated[int | None, WithJsonSchema(MEMORY_SCHEMA)] = None
+    gpu: Annotated[int | None, WithJsonSchema(GPU_SCHEMA)] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            refuse_unknown(raw, set(cls.model_fields), "")
+        return raw
+
+    @field_validator("count", mode="before")
+    @classmethod
+    def _count(cls, count: Any) -> int:
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise SpecError("count", f"expected a whole number, got {count!r}")
+        if count < 1:
+            raise SpecError(
+                "count", f"must be at least 1, got {count} (leave the role out instead)"
+            )
+        if count > MAX_TASKS_PER_TYPE:
+            raise SpecError("count", f"at most {MAX_TASKS_PER_TYPE}, got {count}")
+        return count
+
+    @field_validator("cpu", "memory", "gpu", mode="before")
+    @classmethod
+    def _quantity(cls, value: Any, info: ValidationInfo) -> float | int | None:
+        name = str(info.field_name)
+        if value is None:
+            return None
+        parse = {"cpu": parse_cpu, "memory": parse_memory, "gpu": parse_gpu}[name]
+        try:
+            parsed: float | int = parse(value)
+        except ValueError as e:
+            raise SpecError(name, str(e)) from None
+        if name == "cpu" and parsed <= 0:
+            raise SpecError(name, f"must be more than 0, got {parsed:g}")
+        if name == "memory" and parsed <= 0:
+            raise SpecError(name, "must be more than 0")
+        return parsed
+
+
+class TasksModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", title="Tasks")
+
+    # A role is given as an object or left out (None only means "left out").
+    chief: TaskModel | SkipJsonSchema[None] = None
+    ps: TaskModel | SkipJsonSchema[None] = None
+    worker: TaskModel | SkipJsonSchema[None] = None
+
+    @model_validator(mode="after")
+    def _one_chief(self) -> TasksModel:
+        if self.chief is not None and self.chief.count != 1:
+            count = self.chief.count
+            raise SpecError("tasks.chief.count", f"a job has exactly one chief, got {count}")
+        return self
+
+
+class JobSpecModel(BaseModel):
+    """A training job as submitted: what to run, on which tasks, with which resources."""
+
+    model_config = ConfigDict(extra="forbid", title="JobSpec")
+
+    name: Annotated[Name, Field(description="DNS-label-like: it becomes file and object names")]
+    source: Annotated[dict[str, str], WithJsonSchema(SOURCE_SCHEMA)]
+    args: list[Annotated[str, Field(description="command-line arguments of the script")]] = []
+    env: Annotated[
+        dict[Annotated[str, Field(pattern=ENV_NAME_RE.pattern)], str],
+        Field(description="extra environment; TF_CONFIG, MLP_* and JUPYTERHUB_* are reserved"),
+    ] = {}
+    params: Annotated[
+        dict[str, Any], Field(description="given to the code as JSON in $MLP_PARAMS")
+    ] = {}
+    runtime: Annotated[
+        str | None, Field(min_length=1, description="a runtime configured by the admin")
+    ] = None
+    tasks: Annotated[
+        TasksModel,
+        Field(description="With ps tasks a chief (the coordinator) is added by default."),
+    ] = TasksModel(worker=TaskModel())
+    # Left out: the platform's default_max_runtime (the validator reads it from the context).
+    max_runtime: Annotated[float, WithJsonSchema(DURATION_SCHEMA)] = Field(
+        default=None, validate_default=True
+    )
+    batch: Annotated[Name | None, Field(description="a label grouping a grid's jobs")] = None
+    pool: Annotated[Name | None, Field(description="default, or production once promoted")] = None
+    group: Annotated[
+        str | None,
+        Field(min_length=1, max_length=255, description="quota group, if you are in several"),
+    ] = None
+    priority: Annotated[int, Field(ge=MIN_PRIORITY, le=MAX_PRIORITY)] = 0
+    depends_on: Annotated[
+        list[Annotated[int, Field(ge=1)]],
+        Field(max_length=MAX_DEPENDENCIES, description="run after all these jobs succeed"),
+    ] = []
+    alerts: Annotated[list[dict[str, Any]], WithJsonSchema(ALERTS_SCHEMA)] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, raw: Any) -> Any:
+        spec = require_mapping(raw, "spec")
+        refuse_unknown(spec, set(cls.model_fields), "")
+        if "name" not in spec:
+            raise SpecError("name", "a job name is required (a non-empty string)")
+        if "source" not in spec:
+            raise SpecError("source", "required: {'inline': code} or {'path': ...} or {'git': ...}")
+        return spec
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, name: Any) -> str:
+        return validate_name(name)
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source(cls, raw: Any) -> dict[str, str]:
+        return validate_source(raw)
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _args(cls, args: Any) -> list[str]:
+        if not isinstance(args, list) or not all(isinstance(a, str | int | float) for a in args):
+            raise SpecError("args", "expected a list of strings")
+        return [str(a) for a in args]
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, raw: Any) -> dict[str, str]:
+        env = require_mapping(raw, "env")
+        for key, value in env.items():
+            if not ENV_NAME_RE.match(key):
+                raise SpecError(f"env.{key}", "not a valid environment variable name")
+            if RESERVED_ENV.match(key):
+                raise SpecError(f"env.{key}", "reserved: the platform sets it for every task")
+            if not isinstance(value, str | int | float) or isinstance(value, bool):
+                raise SpecError(f"env.{key}", "expected a string value")
+        return {k: str(v) for k, v in env.items()}
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params(cls, raw: Any) -> dict[str, Any]:
+        params = require_mapping(raw, "params")
+        if any(not isinstance(k, str) or not k for k in params):
+            raise SpecError("params", "parameter names must be non-empty strings")
+        return params
+
+    @field_validator("runtime", mode="before")
+    @classmethod
+    def _runtime(cls, runtime: Any) -> str | None:
+        if runtime is not None and (not isinstance(runtime, str) or not runtime):
+            raise SpecError("runtime", "expected the name of a configured runtime")
+        return runtime
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _tasks(cls, raw: Any) -> Any:
+        tasks = require_mapping(raw, "tasks")
+        refuse_unknown(tasks, set(TASK_TYPES), "tasks")
+        if not tasks:
+            raise SpecError("tasks", "at least one task role (chief, ps or worker) is required")
+        if "ps" in tasks and "worker" not in tasks:
+            raise SpecError("tasks.worker", "a job with ps tasks needs at least one worker")
+        for role, task in tasks.items():
+            require_mapping(task, f"tasks.{role}")
+        return tasks
+
+    @field_validator("max_runtime", mode="before")
+    @classmethod
+    def _max_runtime(cls, value: Any, info: ValidationInfo) -> float:
+        context = info.context or {}
+        if value is None:
+            value = context.get("default_max_runtime", 86400.0)
+        seconds = parse_duration(value, "max_runtime")
+        limit = context.get("max_runtime_limit")
+        if limit is not None and seconds > limit:
+            raise SpecError("max_runtime", f"at most {limit:g} s on this platform, got {seconds:g}")
+        return seconds
+
+    @field_validator("batch", "pool", mode="before")
+    @classmethod
+    def _label(cls, value: Any, info: ValidationInfo) -> str | None:
+        return None if value is None else validate_name(value, str(info.field_name))
+
+    @field_validator("group", mode="before")
+    @classmethod
+    def _group(cls, group: Any) -> str | None:
+        if group is not None and (not isinstance(group, str) or not group or len(group) > 255):
+            raise SpecError("group", "expected the name of one of your quota groups")
+        return group
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority(cls, priority: Any) -> int:
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise SpecError("priority", f"expected a whole number, got {priority!r}")
+        if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            raise SpecError(
+                "priority", f"must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {priority}"
+            )
+        return priority
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _depends_on(cls, deps: Any) -> list[int]:
+        if not isinstance(deps, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in deps
+        ):
+            raise SpecError("depends_on", "expected a list of job ids (positive whole numbers)")
+        if len(deps) > MAX_DEPENDENCIES:
+            raise SpecError("depends_on", f"at most {MAX_DEPENDENCIES} dependencies")
+        return list(dict.fromkeys(deps))
+
+    @field_validator("alerts", mode="before")
+    @classmethod
+    def _alerts(cls, raw: Any, info: ValidationInfo) -> list[dict[str, Any]]:
+        email = (info.context or {}).get("email_enabled", True)
+        return validate_alerts(raw, email_enabled=email)
+
+
+SPEC_FIELDS = frozenset(JobSpecModel.model_fields)
+_UNION_TAGS = frozenset({"TaskModel"})
+TASK_FIELDS = frozenset(TaskModel.model_fields)
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if part in _UNION_TAGS:
+            continue  # pydantic names the union member it tried ("TaskModel"): not a field
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def spec_error(e: ValidationError) -> SpecError:
+    """The first error pydantic found, as the SpecError of the API's error contract."""
+    err = e.errors(include_url=False)[0]
+    where = _dotted(tuple(err["loc"]))
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, SpecError):
+        # Validators of a whole structure name the exact sub-field ("source.ref"); validators of
+        # one field name that field ("count"); model validators a field of their model ("mem").
+        if cause.field.startswith(where):
+            field_name = cause.field
+        elif where.endswith(cause.field):
+            field_name = where
+        else:
+            field_name = f"{where}.{cause.field}"
+        return SpecError(field_name, cause.message)
+    if err["type"] == "extra_forbidden":
+        return SpecError(where, "unknown field")
+    return SpecError(where or "spec", err["msg"])
 
 
 def validate_spec(
@@ -257,89 +388,57 @@ def validate_spec(
     max_runtime_limit: float | None = None,
 ) -> JobSpec:
     """Validate a job spec given as parsed JSON; raise SpecError naming the first bad field."""
-    spec = _require_mapping(raw, "spec")
-    _refuse_unknown(spec, SPEC_FIELDS, "")
-    name = validate_name(spec.get("name"))
-    if "source" not in spec:
-        raise SpecError("source", "required: {'inline': code} or {'path': ...} or {'git': ...}")
-    source = _validate_source(spec["source"])
+    context = {"default_max_runtime": default_max_runtime, "max_runtime_limit": max_runtime_limit}
+    try:
+        model = JobSpecModel.model_validate(raw, context=context)
+    except ValidationError as e:
+        raise spec_error(e) from None
+    return from_model(model, default_task)
 
-    args = spec.get("args", [])
-    if not isinstance(args, list) or not all(isinstance(a, str | int | float) for a in args):
-        raise SpecError("args", "expected a list of strings")
-    env = _require_mapping(spec.get("env", {}), "env")
-    for key, value in env.items():
-        if not ENV_NAME_RE.match(key):
-            raise SpecError(f"env.{key}", "not a valid environment variable name")
-        if RESERVED_ENV.match(key):
-            raise SpecError(f"env.{key}", "reserved: the platform sets it for every task")
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise SpecError(f"env.{key}", "expected a string value")
-    params = _require_mapping(spec.get("params", {}), "params")
-    for key in params:
-        if not isinstance(key, str) or not key:
-            raise SpecError("params", "parameter names must be non-empty strings")
-    runtime = spec.get("runtime")
-    if runtime is not None and (not isinstance(runtime, str) or not runtime):
-        raise SpecError("runtime", "expected the name of a configured runtime")
 
-    raw_tasks = spec.get("tasks", {"worker": {}})
-    raw_tasks = _require_mapping(raw_tasks, "tasks")
-    _refuse_unknown(raw_tasks, set(TASK_TYPES), "tasks")
-    if not raw_tasks:
-        raise SpecError("tasks", "at least one task role (chief, ps or worker) is required")
-    tasks = {role: _validate_task(raw_tasks[role], role, default_task) for role in raw_tasks}
+def from_model(model: JobSpecModel, default_task: TaskSpec = DEFAULT_TASK) -> JobSpec:
+    """The core's JobSpec: platform defaults filled in, a chief added for ps jobs, roles ordered."""
+    given = {role: getattr(model.tasks, role) for role in TASK_TYPES}
+    tasks = {
+        role: TaskSpec(
+            count=t.count,
+            cpu=default_task.cpu if t.cpu is None else t.cpu,
+            memory=default_task.memory if t.memory is None else t.memory,
+            gpu=default_task.gpu if t.gpu is None else t.gpu,
+        )
+        for role, t in given.items()
+        if t is not None
+    }
     if "ps" in tasks:
-        if "worker" not in tasks:
-            raise SpecError("tasks.worker", "a job with ps tasks needs at least one worker")
         # ParameterServerStrategy needs a coordinator: add a chief unless one was declared.
         tasks.setdefault("chief", TaskSpec(1, default_task.cpu, default_task.memory, 0))
-    ordered = {role: tasks[role] for role in TASK_TYPES if role in tasks}
-
-    max_runtime = parse_duration(spec.get("max_runtime", default_max_runtime), "max_runtime")
-    if max_runtime_limit is not None and max_runtime > max_runtime_limit:
-        raise SpecError(
-            "max_runtime", f"at most {max_runtime_limit:g} s on this platform, got {max_runtime:g}"
-        )
-    batch = spec.get("batch")
-    if batch is not None:
-        batch = validate_name(batch, "batch")
-    pool = spec.get("pool")
-    if pool is not None:
-        pool = validate_name(pool, "pool")
-    group = spec.get("group")
-    if group is not None and (not isinstance(group, str) or not group or len(group) > 255):
-        raise SpecError("group", "expected the name of one of your quota groups")
-    priority = spec.get("priority", 0)
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise SpecError("priority", f"expected a whole number, got {priority!r}")
-    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-        raise SpecError(
-            "priority", f"must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {priority}"
-        )
-    depends_on = spec.get("depends_on", [])
-    if not isinstance(depends_on, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in depends_on
-    ):
-        raise SpecError("depends_on", "expected a list of job ids (positive whole numbers)")
-    if len(depends_on) > MAX_DEPENDENCIES:
-        raise SpecError("depends_on", f"at most {MAX_DEPENDENCIES} dependencies")
-    from mlp.core.alerts import validate_alerts  # alerts imports this module
-
-    alerts = validate_alerts(spec.get("alerts", []), email_enabled=True)
     return JobSpec(
-        name=name,
-        batch=batch,
-        pool=pool,
-        priority=priority,
-        group=group,
-        depends_on=tuple(dict.fromkeys(depends_on)),
-        alerts=tuple(alerts),
-        source=source,
-        tasks=ordered,
-        args=[str(a) for a in args],
-        env={k: str(v) for k, v in env.items()},
-        params=dict(params),
-        runtime=runtime,
-        max_runtime=max_runtime,
+        name=model.name,
+        batch=model.batch,
+        pool=model.pool,
+        priority=model.priority,
+        group=model.group,
+        depends_on=tuple(model.depends_on),
+        alerts=tuple(model.alerts),
+        source=dict(model.source),
+        tasks={role: tasks[role] for role in TASK_TYPES if role in tasks},
+        args=list(model.args),
+        env=dict(model.env),
+        params=dict(model.params),
+        runtime=model.runtime,
+        max_runtime=model.max_runtime,
     )
+
+
+__all__ = [
+    "NAME_RE",
+    "SPEC_FIELDS",
+    "TASK_TYPES",
+    "JobSpec",
+    "JobSpecModel",
+    "SpecError",
+    "TaskSpec",
+    "parse_duration",
+    "validate_name",
+    "validate_spec",
+]

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,19 +22,10 @@ from typing import Any
 
 import pytest
 
+from mlp.core.ports import free_ports
+
 ROOT = Path(__file__).resolve().parents[2]
 JOB = Path(__file__).with_name("cluster_job.py")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("localhost", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class LocalCluster:

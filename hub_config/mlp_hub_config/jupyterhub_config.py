@@ -76,7 +76,7 @@ if not in_service:
     )
 
 # ---------------------------------------------------------------- notebook servers
-c.JupyterHub.spawner_class = "spawner.local.LocalMLPSpawner"
+c.JupyterHub.spawner_class = "mlp_spawner.local.LocalMLPSpawner"
 c.LocalMLPSpawner.data_dir = str(data_dir)
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 180
