@@ -234,6 +234,43 @@ class MLPService(Application):
         for key, value in data.items():
             setattr(config, key, value)
 
+    cookie_secret_file = Unicode(
+        config=True,
+        help="""Where the service keeps the secret that signs its login cookies, created at first
+        start (mode 0600) and kept, so users stay logged in to the service across restarts, as
+        the hub does with `c.JupyterHub.cookie_secret_file`. Default:
+        <data_dir>/mlp_cookie_secret.""",
+    )
+
+    @default("cookie_secret_file")
+    def _default_cookie_secret_file(self) -> str:
+        return str(Path(self.data_dir) / "mlp_cookie_secret")
+
+    def load_cookie_secret(self) -> bytes:
+        """The persisted cookie secret (hex in a 0600 file), created on first use."""
+        path = Path(self.cookie_secret_file)
+        try:
+            secret = bytes.fromhex(path.read_text().strip())
+        except FileNotFoundError:
+            secret = os.urandom(32)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secret.hex())
+            return secret
+        except ValueError:
+            raise ValueError(
+                f"{path}: not a hex cookie secret; delete it to have a new one generated "
+                "(users will have to log in to the service again)"
+            ) from None
+        if path.stat().st_mode & 0o077:
+            raise ValueError(
+                f"{path} is readable by other users; run `chmod 600 {path}` and restart"
+            )
+        if len(secret) < 32:
+            raise ValueError(f"{path}: the cookie secret must be at least 32 bytes")
+        return secret
+
     def make_app(self) -> web.Application:
         prefix = self.base_url.rstrip("/")
         api_prefix = f"{prefix}/api/v1"
@@ -246,7 +283,7 @@ class MLPService(Application):
         return web.Application(
             handlers,
             hub_auth=hub_auth,
-            cookie_secret=os.urandom(32),
+            cookie_secret=self.load_cookie_secret(),
             mlp_manager=self.manager,
             admin_scope=self.admin_scope,
             api_prefix=api_prefix,

@@ -256,6 +256,12 @@ def test_openapi_documents_every_route():
             assert method in doc["paths"][path], f"{method.upper()} {path} undocumented"
             checked += 1
     assert checked >= 6
+    routed = {
+        re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern[len(prefix):].replace("/?", ""))
+        for pattern, _ in route_table(prefix)
+    }
+    for path in doc["paths"]:
+        assert path in routed, f"openapi.json documents {path}, which no handler serves"
 
 
 def test_openapi_served(hub: Hub):

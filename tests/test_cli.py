@@ -99,3 +99,17 @@ def test_login_stores_a_private_token(env, hub: Hub, tmp_path):
     r = mlp("login", "--url", env["MLP_URL"], "--token", "wrong", env={**env, "MLP_CLIENT_CONFIG":
                                                                          str(tmp_path / "x.json")})
     assert r.returncode == 1 and not (tmp_path / "x.json").exists()
+
+
+def test_service_cookie_secret_survives_a_restart(tmp_path):
+    """Users stay logged in to the service across restarts: the secret is kept, 0600."""
+    from mlp.app import MLPService
+
+    first = MLPService(data_dir=str(tmp_path))
+    secret = first.load_cookie_secret()
+    path = tmp_path / "mlp_cookie_secret"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert MLPService(data_dir=str(tmp_path)).load_cookie_secret() == secret
+    path.chmod(0o644)
+    with pytest.raises(ValueError, match="chmod 600"):
+        MLPService(data_dir=str(tmp_path)).load_cookie_secret()

@@ -24,7 +24,10 @@ def route_table(api_prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
         (rf"{p}/queue/?", queue.QueueHandler),
         (rf"{p}/quota/?", queue.MyQuotaHandler),
         (rf"{p}/reservations/?", reservations.ReservationsHandler),
-        (rf"{p}/reservations/(?P<reservation>[^/]+/[^/]*)", reservations.ReservationHandler),
+        (
+            rf"{p}/reservations/(?P<user>[^/]+)/(?P<server>[^/]*)",
+            reservations.ReservationHandler,
+        ),
         (rf"{p}/admin/groups/?", admin.AdminGroupsHandler),
         (rf"{p}/admin/groups/(?P<name>[^/]+)", admin.AdminGroupHandler),
         (rf"{p}/admin/pools/?", admin.AdminPoolsHandler),

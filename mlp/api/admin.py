@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from mlp.api import schemas as s
 from mlp.api.base import ApiError, APIHandler, admin_only, iso
 from mlp.core.spec import NAME_RE, SpecError, parse_duration
 from mlp.scheduling import UnknownNameError, parse_resources
@@ -56,6 +57,7 @@ class AdminGroupHandler(AdminHandler):
         if not isinstance(body, dict):
             raise ApiError(400, "bad_request", "expected a JSON object describing the group")
         try:
+            self.validated(s.GroupRequest, body)
             preempted = self.quota.set_group(name, body, by=self.user["name"])
         except (UnknownNameError, ValueError) as e:
             raise self.refuse(e) from None
@@ -87,6 +89,7 @@ class AdminPoolHandler(AdminHandler):
         if not isinstance(body, dict):
             raise ApiError(400, "bad_request", "expected a JSON object describing the pool")
         try:
+            self.validated(s.PoolRequest, body)
             preempted = self.quota.set_pool(name, body, by=self.user["name"])
         except (UnknownNameError, ValueError) as e:
             raise self.refuse(e) from None
@@ -155,6 +158,7 @@ class AdminExpansionsHandler(AdminHandler):
             raise ApiError(
                 400, "bad_request", "reason: say why the expansion is granted", field="reason"
             )
+        self.validated(s.ExpansionRequest, body)
         start = time.time() + delay
         try:
             expansion = self.quota.add_expansion(
@@ -207,6 +211,7 @@ class AdminPromotionsHandler(AdminHandler):
         user, name = body["user"], body["name"]
         if not isinstance(user, str) or not isinstance(name, str) or not NAME_RE.match(name):
             raise ApiError(400, "bad_request", "user and name must be a user and a job name")
+        self.validated(s.PromotionRequest, body)
         self.quota.promote(user, name, by=self.user["name"])
         moved = self.manager.move_to_production(user, name)
         self.write_json(

@@ -11,9 +11,10 @@ import functools
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthenticated
+from pydantic import BaseModel, ValidationError
 from tornado import web
 
 from mlp.core.manager import JobManager, JobNotFound
@@ -22,6 +23,7 @@ from mlp.scheduling import QuotaExceeded, UnknownNameError
 from mlp.store import Job
 
 MAX_BODY = 4 * 1024 * 1024
+M = TypeVar("M", bound=BaseModel)
 
 ERROR_NAMES = {
     400: "bad_request",
@@ -143,6 +145,17 @@ class APIHandler(BaseHandler):
         if not isinstance(body, dict):
             raise ApiError(400, "bad_request", f"expected {what}")
         return body
+
+    def validated(self, model: type[M], body: dict[str, Any]) -> M:
+        """`body` checked against the documented model (after the handler's own, more specific
+        checks): a 400 naming the field rather than a request the document does not allow."""
+        try:
+            return model.model_validate(body)
+        except ValidationError as e:
+            err = e.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in err["loc"]) or None
+            message = f"{where}: {err['msg']}" if where else err["msg"]
+            raise ApiError(400, "bad_request", message, field=where) from None
 
     def load_job(self, job_id: str) -> Job:
         """The job named in the path, if the caller may see it (404 / 403 otherwise)."""

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from mlp.api.base import ApiError, APIHandler, iso
+from mlp.api.schemas import ReservationRequest
 from mlp.scheduling import QuotaExceeded, UnknownNameError, parse_resources, resolve_group
 
 
@@ -85,6 +86,7 @@ class ReservationsHandler(APIHandler):
         except ValueError as e:
             raise self.refuse(e, field="group") from None
         pool = body.get("pool", "default")
+        self.validated(ReservationRequest, body)
         holder_id = f"server:{name}/{server}"
         if holder_id in ledger:
             raise ApiError(
@@ -113,7 +115,8 @@ class ReservationsHandler(APIHandler):
 
 
 class ReservationHandler(APIHandler):
-    async def delete(self, reservation: str) -> None:
+    async def delete(self, user: str, server: str) -> None:
+        reservation = f"{user}/{server}"
         holder_id = f"server:{reservation}"
         if holder_id not in self.quota.ledger:
             raise ApiError(404, "not_found", f"no reservation {reservation!r}")

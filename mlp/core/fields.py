@@ -124,13 +124,13 @@ def validate_source(raw: Any) -> dict[str, str]:
 # Inputs that people write either as numbers or as quantities; the schema says both.
 CPU_SCHEMA = {
     "oneOf": [
-        {"type": "number", "exclusiveMinimum": 0},
+        {"type": "number", "exclusiveMinimum": 0, "maximum": 10**9},
         {"type": "string", "pattern": r"^\s*[0-9]+(\.[0-9]+)?m?\s*$", "examples": ["2", "500m"]},
     ]
 }
 MEMORY_SCHEMA = {
     "oneOf": [
-        {"type": "integer", "minimum": 1},
+        {"type": "integer", "minimum": 1, "maximum": 2**62},
         {
             "type": "string",
             "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*([KMGTPE]i?|[kmgtpe]|)\s*$",
@@ -140,7 +140,7 @@ MEMORY_SCHEMA = {
 }
 GPU_SCHEMA = {
     "oneOf": [
-        {"type": "integer", "minimum": 0},
+        {"type": "integer", "minimum": 0, "maximum": 10**9},
         {"type": "string", "pattern": r"^\s*[0-9]+\s*$"},
     ],
     "default": 0,

@@ -96,6 +96,18 @@ def _split_quantity(value: str, field: str, forms: str) -> tuple[Decimal, str]:
     return number, match["unit"]
 
 
+# Far above any machine, far below what SQLite's 64-bit integers and floats can hold.
+MAX_CPU = Decimal(10**9)  # cores
+MAX_MEMORY = Decimal(2**62)  # bytes
+MAX_COUNT = Decimal(10**9)  # gpus and other whole resources
+
+
+def _bounded(number: Decimal, limit: Decimal, field: str, value: object, forms: str) -> Decimal:
+    if number > limit:
+        _reject(field, value, forms, f"is too large (at most {limit})")
+    return number
+
+
 def _ceil_int(number: Decimal) -> int:
     return int(number.to_integral_value(rounding=ROUND_CEILING))
 
@@ -108,11 +120,12 @@ def parse_cpu(value: object, field: str = "cpu") -> float:
     if isinstance(value, str):
         number, unit = _split_quantity(value, field, _CPU_FORMS)
         if unit == "m":
-            return _ceil_int(number) / _MILLI
+            return _ceil_int(_bounded(number, MAX_CPU * _MILLI, field, value, _CPU_FORMS)) / _MILLI
         if unit:
             _reject(field, value, _CPU_FORMS, f"has an unknown unit {unit!r}")
     else:
         number = _number(value, field, _CPU_FORMS)
+    _bounded(number, MAX_CPU, field, value, _CPU_FORMS)
     return _ceil_int(number * _MILLI) / _MILLI
 
 
@@ -125,8 +138,10 @@ def parse_memory(value: object, field: str = "memory") -> int:
         number, unit = _split_quantity(value, field, _MEMORY_FORMS)
         if unit not in _MEMORY_UNITS:
             _reject(field, value, _MEMORY_FORMS, f"has an unknown unit {unit!r}")
-        return _ceil_int(number * _MEMORY_UNITS[unit])
-    return _ceil_int(_number(value, field, _MEMORY_FORMS))
+        bytes_ = number * _MEMORY_UNITS[unit]
+    else:
+        bytes_ = _number(value, field, _MEMORY_FORMS)
+    return _ceil_int(_bounded(bytes_, MAX_MEMORY, field, value, _MEMORY_FORMS))
 
 
 def parse_count(value: object, field: str) -> int:
@@ -139,7 +154,7 @@ def parse_count(value: object, field: str) -> int:
         number = _number(value, field, _COUNT_FORMS)
     if number != number.to_integral_value():
         _reject(field, value, _COUNT_FORMS, "is not a whole number")
-    return int(number)
+    return int(_bounded(number, MAX_COUNT, field, value, _COUNT_FORMS))
 
 
 def parse_gpu(value: object, field: str = "gpu") -> int:

@@ -167,3 +167,18 @@ def test_add_sub_inverse_and_fits_matches_components(x: dict[str, int], y: dict[
     a, b = Resources(x), Resources(y)
     assert (a + b) - b == a
     assert a.fits(b) == all(a[n] <= b[n] for n in ("cpu", "memory", "gpu"))
+
+
+@pytest.mark.parametrize(
+    "parse,value",
+    [
+        (parse_cpu, 1.1e308),
+        (parse_cpu, "99999999999999999999m"),
+        (parse_memory, "19831999999999.92Gi"),
+        (parse_memory, 10**30),
+        (parse_gpu, 10**12),
+    ],
+)
+def test_absurd_quantities_are_refused_not_crashed(parse, value):
+    with pytest.raises(ValueError, match="too large"):
+        parse(value)
