@@ -12,11 +12,12 @@ dashboard's real client.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from user_server import spawned_alice_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -123,9 +124,16 @@ class Kernel:
         self.kc.shell_channel.send(msg)
 
 
+@pytest.fixture(scope="module")
+def server(hub: Any) -> Iterator[Any]:
+    """alice's server, once for the module (a kernel per test)."""
+    with spawned_alice_server(hub) as s:
+        yield s
+
+
 @pytest.fixture
-async def kernel(alice_server: Any) -> AsyncIterator[Kernel]:
-    km = alice_server.kernel_manager()
+async def kernel(server: Any) -> AsyncIterator[Kernel]:
+    km = server.kernel_manager()
     await km.start_kernel()
     kc = km.client()
     try:
