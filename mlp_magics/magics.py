@@ -2,8 +2,8 @@
 `%mlp_compare`, `%mlp_quota`, and their configuration (`%config TrainMagics.*`).
 
 Magics parse, submit and hand back a dashboard at once; following the job happens in the
-dashboard's background poller so the kernel stays free (only `--wait` and `%mlp_logs --follow`
-block, because the user asked for it).
+dashboard's poller, a task on the kernel's event loop, so the kernel stays free (only `--wait`
+and `%mlp_logs --follow` block, because the user asked for it).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from IPython.display import display
 from traitlets import Float, Int, Unicode, validate
 
 from mlp_magics.client import MagicsClient, MLPError, describe_error
+from mlp_magics.dashboards import BatchDashboard, JobDashboard
 from mlp_magics.options import (
     OptionError,
     TrainDefaults,
@@ -29,7 +30,7 @@ from mlp_magics.options import (
     parse_line,
     train_arguments,
 )
-from mlp_magics.widgets import BatchDashboard, JobDashboard, JobsTable, QuotaView
+from mlp_magics.tables import JobsTable, QuotaView
 
 
 class JobFailed(RuntimeError):

@@ -4,6 +4,10 @@ Every error is an `OptionError` that names the option the user typed (not the sp
 service would name), so the message can be acted on in the notebook. Specs are checked with the
 service's own `mlp.core.spec.validate_spec`, so a spec refused here would be refused there too, with
 the same words.
+
+Longer than 500 lines because `build_plan` maps every option of the table in docs/notebooks.md
+onto the spec in one place, next to the parsers it uses; splitting it would spread one option's
+rules over two files.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ import pytest
 from IPython.core.error import UsageError
 
 from mlp_magics.client import MagicsClient, MLPError, describe_error
+from mlp_magics.dashboards import BatchDashboard, JobDashboard
 from mlp_magics.magics import JobFailed
-from mlp_magics.widgets import BatchDashboard, JobDashboard, JobsTable
+from mlp_magics.tables import JobsTable
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +90,9 @@ def test_cancel_button_asks_first(shell):
     dash._ui["cancel"].click()
     assert dash._ui["confirm_box"].layout.display == "flex" and dash.state == "Running"
     confirm = dash._ui["confirm_box"].children[1]
+    stale = dash._fetch_answer()  # an answer that was in flight when the cancel answered
     confirm.click()
+    assert not dash._apply_answer(stale) and dash.states[-1] != "Running"  # dropped
     until(lambda: dash.ended, what="cancelled")
     assert dash.state == "Cancelled" and "cancelled by alice" in dash.job["reason"]
     assert dash._ui["cancel"].disabled
@@ -101,6 +104,35 @@ def test_wait_returns_on_success_and_raises_on_failure(shell):
         shell.run_cell_magic("mlp_train", "--name crash --wait", "raise SystemExit(3)\n")
     assert "Failed" in str(info.value) and "exit" in str(info.value)
     assert info.value._render_traceback_() == [f"JobFailed: {info.value}"]
+
+
+def test_outside_a_kernel_the_poller_has_its_own_loop_and_stops_on_close(shell, magics):
+    """No kernel loop runs in a plain shell: the poller's task runs on a private loop in one
+    thread (test_magics_kernel.py checks the kernel case). Closing the widget ends it."""
+    dash = shell.run_cell_magic("mlp_train", "--name own-loop", SLEEPY)
+    ui = dash.widget
+    poller = dash._poller
+    assert poller.thread is not None and poller.thread.name == f"mlp-job-{dash.job_id}"
+    assert poller.task is not None and poller.task.get_loop() is poller.loop
+    calls = []
+    dash.client.session.hooks["response"].append(lambda r, *a, **k: calls.append(r.url))
+    try:
+        until(lambda: dash.state == "Running" and len(calls) >= 2, what="polling")
+        ui.close()
+        assert dash.closed and not poller.running
+        assert poller.join(30) and poller.task.done()
+        poller.thread.join(30)
+        assert not poller.thread.is_alive()
+        before = len(calls)
+        time.sleep(3 * magics.max_poll_interval)  # three quiet rounds' worth: nothing polls
+        assert len(calls) == before
+        assert "Running" in repr(dash)  # the text and HTML views keep the last state
+        assert set(dash._repr_mimebundle_()) == {"text/plain", "text/html"}
+        with pytest.raises(RuntimeError, match="was closed"):
+            dash.widget  # noqa: B018
+    finally:
+        dash.client.session.hooks["response"].clear()
+        dash.client.cancel(dash.job_id)
 
 
 def test_refused_submission_shows_the_service_message(shell):

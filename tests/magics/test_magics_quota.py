@@ -13,8 +13,9 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from mlptest import Api, Hub, start_hub, stop_hub
 
+from mlp_magics.dashboards import JobDashboard
 from mlp_magics.magics import JobFailed
-from mlp_magics.widgets import JobDashboard, QuotaView
+from mlp_magics.tables import QuotaView
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mlp_magics import render
-from mlp_magics.widgets import JobsTable, QuotaView
+from mlp_magics.tables import JobsTable, QuotaView
 
 QUEUED = {
     "id": 7, "name": "big", "state": "Queued", "reason": "submitted by alice",
