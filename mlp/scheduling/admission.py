@@ -14,16 +14,27 @@ returning the `Blocker` s it finds (with the numbers):
    taking own quota that is lent out needs the borrowed jobs preempted first
    (`cohort_blockers`).
 
-Everything here reads `Accounts` and changes nothing.
+Everything here reads `Accounts` and changes nothing. `validate_fits_ever` asks the question
+at submit time without the ledger: could the job start at all, with everything else idle?
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from mlp.scheduling.accounting import Accounts
-from mlp.scheduling.model import Blocker, Demand, HolderKind, Pool, QuotaGroup, Scope
+from mlp.scheduling.model import (
+    Blocker,
+    Demand,
+    Expansion,
+    HolderKind,
+    Pool,
+    QuotaGroup,
+    Scope,
+    UnknownNameError,
+)
 from mlp.scheduling.resources import Resources, format_amount
 
 __all__ = [
@@ -40,6 +51,7 @@ __all__ = [
     "pool_blockers",
     "promotion_blocker",
     "split_blockers",
+    "validate_fits_ever",
 ]
 
 _INF = math.inf
@@ -319,3 +331,96 @@ def _supply_after(
         - accounts.offer(group.name, pool, start, now)
         + accounts.offer(group.name, pool, start, now, own=own)
     )
+
+
+def validate_fits_ever(
+    demand: Demand,
+    groups: Mapping[str, QuotaGroup],
+    pools: Mapping[str, Pool],
+    expansions: Iterable[Expansion] = (),
+) -> list[Blocker]:
+    """Blockers for a job larger than anything its group could ever get; empty if it may fit.
+
+    "Ever" means with everything else idle: the pool's capacity, the group's permanent limit
+    plus the most its cohort may lend it plus the expansions granted to it that last beyond
+    the job's submission, and the user's personal cap. Checked at submit so an impossible
+    job is refused with the numbers instead of waiting forever.
+    """
+    if demand.group not in groups:
+        raise UnknownNameError(
+            f"job {demand.id!r}: unknown group {demand.group!r}; "
+            f"groups are {', '.join(sorted(groups))}"
+        )
+    if demand.pool not in pools:
+        raise UnknownNameError(
+            f"job {demand.id!r}: unknown pool {demand.pool!r}; pools are {', '.join(sorted(pools))}"
+        )
+    group = groups[demand.group]
+    pool = pools[demand.pool]
+    total = demand.total
+    blockers: list[Blocker] = []
+    if pool.requires_promotion and not demand.promoted:
+        blockers.append(
+            Blocker(
+                f"pool {pool.name!r} runs only jobs an admin promoted to production",
+                "pool",
+                pool.name,
+                "",
+                0.0,
+                0.0,
+            )
+        )
+    blockers += _never_fits(
+        total, "pool", pool.name, pool.capacity, f"the capacity of pool {pool.name!r}"
+    )
+    blockers += _never_fits(
+        total,
+        "group",
+        group.name,
+        _most_ever(demand, groups, expansions),
+        f"the most group {group.name!r} can get in pool {demand.pool!r} "
+        "(limit + expansions + what its cohort may lend)",
+    )
+    cap = group.cap_of(demand.user)
+    if cap is not None:
+        blockers += _never_fits(
+            total, "user", demand.user, cap, f"the personal cap of {demand.user!r}"
+        )
+    return blockers
+
+
+def _most_ever(
+    demand: Demand, groups: Mapping[str, QuotaGroup], expansions: Iterable[Expansion]
+) -> Resources:
+    """The group's limit, its expansions that outlast the job, and all its cohort may lend."""
+    group = groups[demand.group]
+    reach = group.limit(demand.pool)
+    for expansion in expansions:
+        if (
+            expansion.group == demand.group
+            and expansion.pool == demand.pool
+            and expansion.expiry > demand.submitted_at + demand.max_runtime
+        ):
+            reach = reach + expansion.amount
+    if group.cohort is not None:
+        for other in groups.values():
+            if other.cohort == group.cohort and other.name != group.name:
+                reach = reach + other.lendable(demand.pool).min(other.limit(demand.pool))
+    return reach
+
+
+def _never_fits(
+    total: Resources, scope: Scope, name: str, limit: Resources, what: str
+) -> list[Blocker]:
+    return [
+        Blocker(
+            f"job needs {format_amount(r, total[r])} {r} but {what} is "
+            f"{format_amount(r, limit[r])}; it could never start",
+            scope,
+            name,
+            r,
+            float(total[r]),
+            float(limit[r]),
+        )
+        for r in total.exceeding(limit)
+    ]

@@ -184,3 +184,33 @@ def test_unknown_names_are_refused(accounts: Accounts) -> None:
         evaluate(accounts, "nope", "ann", "default", r(1), 0, 60, "job", False)
     with pytest.raises(UnknownNameError, match="unknown pool 'gpu'"):
         evaluate(accounts, "ads", "ann", "gpu", r(1), 0, 60, "job", False)
+
+
+def test_fits_ever_counts_expansions_that_outlast_the_job_and_the_promotion_rule() -> None:
+    accounts = Accounts(pools(), groups(), now=0)
+    expansions = [
+        Expansion("long", "solo", "default", r(2), start=0, expiry=10_000),
+        Expansion("short", "solo", "default", r(8), start=0, expiry=100),
+    ]
+
+    def job(cpu: float) -> Demand:
+        return Demand("j", "sol", "solo", "default", (r(cpu),), max_runtime=600)
+
+    fits = admission.validate_fits_ever
+    assert fits(job(6), accounts.groups, accounts.pools, expansions) == []
+    (blocker,) = fits(job(7), accounts.groups, accounts.pools, expansions)
+    assert (blocker.scope, blocker.name, blocker.requested, blocker.available) == (
+        "group",
+        "solo",
+        7.0,
+        6.0,
+    )
+    assert blocker.reason == (
+        "job needs 7 cpu but the most group 'solo' can get in pool 'default' (limit + "
+        "expansions + what its cohort may lend) is 6; it could never start"
+    )
+    production = Demand("p", "ann", "ads", "production", (r(1),))
+    (blocker,) = fits(production, accounts.groups, accounts.pools)
+    assert blocker.reason == "pool 'production' runs only jobs an admin promoted to production"
+    promoted = Demand("p", "ann", "ads", "production", (r(1),), promoted=True)
+    assert fits(promoted, accounts.groups, accounts.pools) == []
