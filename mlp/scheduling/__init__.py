@@ -6,6 +6,7 @@ and rebuilds both at start (`Ledger.from_holders`, then ``advance(now)``). See
 docs/scheduling.md for the rules.
 """
 
+from mlp.scheduling.admission import validate_fits_ever
 from mlp.scheduling.config import MACHINE, QuotaConfig, effective, resolve_group
 from mlp.scheduling.ledger import Ledger
 from mlp.scheduling.model import (
@@ -39,7 +40,6 @@ from mlp.scheduling.scheduler import (
     Plan,
     QueueScheduler,
     schedule,
-    validate_fits_ever,
 )
 from mlp.scheduling.score import ScoreContext, ScorePolicy
 

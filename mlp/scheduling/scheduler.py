@@ -28,20 +28,13 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from mlp.scheduling.admission import validate_fits_ever
 from mlp.scheduling.ledger import Ledger
-from mlp.scheduling.model import (
-    Blocker,
-    Demand,
-    Expansion,
-    Holder,
-    Pool,
-    Preemption,
-    QuotaGroup,
-    UnknownNameError,
-)
-from mlp.scheduling.resources import Resources, format_amount
+from mlp.scheduling.model import Blocker, Demand, Holder, Preemption, UnknownNameError
+from mlp.scheduling.resources import Resources
 from mlp.scheduling.score import ScoreContext, ScorePolicy
 
+# `validate_fits_ever` (the submit-time check) lives with admission; it is re-exported here
 __all__ = ["Explanation", "Plan", "QueueScheduler", "schedule", "validate_fits_ever"]
 
 _ScopeKey = tuple[str, ...]
@@ -452,81 +445,3 @@ def schedule(
     for demand in pending:
         scheduler.submit(demand)
     return scheduler.schedule(now)
-
-
-def validate_fits_ever(
-    demand: Demand,
-    groups: Mapping[str, QuotaGroup],
-    pools: Mapping[str, Pool],
-    expansions: Iterable[Expansion] = (),
-) -> list[Blocker]:
-    """Blockers for a job larger than anything its group could ever get; empty if it may fit.
-
-    "Ever" means with everything else idle: the pool's capacity, the group's permanent limit
-    plus the most its cohort may lend it plus the expansions granted to it that last beyond
-    the job's submission, and the user's personal cap. Checked at submit so an impossible
-    job is refused with the numbers instead of waiting forever.
-    """
-    if demand.group not in groups:
-        raise UnknownNameError(
-            f"job {demand.id!r}: unknown group {demand.group!r}; "
-            f"groups are {', '.join(sorted(groups))}"
-        )
-    if demand.pool not in pools:
-        raise UnknownNameError(
-            f"job {demand.id!r}: unknown pool {demand.pool!r}; pools are {', '.join(sorted(pools))}"
-        )
-    group = groups[demand.group]
-    pool = pools[demand.pool]
-    blockers: list[Blocker] = []
-    total = demand.total
-
-    def refuse(scope: str, name: str, limit: Resources, what: str) -> None:
-        for r in total.exceeding(limit):
-            blockers.append(
-                Blocker(
-                    f"job needs {format_amount(r, total[r])} {r} but {what} is "
-                    f"{format_amount(r, limit[r])}; it could never start",
-                    scope,  # type: ignore[arg-type]
-                    name,
-                    r,
-                    float(total[r]),
-                    float(limit[r]),
-                )
-            )
-
-    if pool.requires_promotion and not demand.promoted:
-        blockers.append(
-            Blocker(
-                f"pool {pool.name!r} runs only jobs an admin promoted to production",
-                "pool",
-                pool.name,
-                "",
-                0.0,
-                0.0,
-            )
-        )
-    refuse("pool", pool.name, pool.capacity, f"the capacity of pool {pool.name!r}")
-    reach = group.limit(demand.pool)
-    for expansion in expansions:
-        if (
-            expansion.group == demand.group
-            and expansion.pool == demand.pool
-            and expansion.expiry > demand.submitted_at + demand.max_runtime
-        ):
-            reach = reach + expansion.amount
-    if group.cohort is not None:
-        for other in groups.values():
-            if other.cohort == group.cohort and other.name != group.name:
-                reach = reach + other.lendable(demand.pool).min(other.limit(demand.pool))
-    refuse(
-        "group",
-        group.name,
-        reach,
-        f"the most group {group.name!r} can get in pool {demand.pool!r} "
-        "(limit + expansions + what its cohort may lend)",
-    )
-    cap = group.cap_of(demand.user)
-    if cap is not None:
-        refuse("user", demand.user, cap, f"the personal cap of {demand.user!r}")
-    return blockers
