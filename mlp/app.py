@@ -183,7 +183,9 @@ class MLPService(Application):
         self.log.setLevel(self.log_level)
         Path(self.data_dir).mkdir(parents=True, exist_ok=True)
         self.store = Store(self.db_url)
-        self.backend = self.backend_class(parent=self, log=self.log)
+        # A Type trait holds a concrete subclass of the abstract JobBackend (traitlets checks).
+        make_backend: Any = self.backend_class
+        self.backend: JobBackend = make_backend(parent=self, log=self.log)
         if isinstance(self.backend, LocalProcessBackend) and not self.backend.data_dir:
             self.backend.data_dir = self.data_dir
         runtimes = {

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from traitlets import Float
+from traitlets import Float, MetaHasTraits
 from traitlets.config import LoggingConfigurable
 
 from mlp.core.spec import JobSpec
@@ -67,7 +68,11 @@ class SetupError(RuntimeError):
     backend_state: dict[str, Any] | None = None
 
 
-class JobBackend(LoggingConfigurable):
+class _BackendMeta(ABCMeta, MetaHasTraits):
+    """Abstract methods on a traitlets class: both metaclasses at once."""
+
+
+class JobBackend(LoggingConfigurable, metaclass=_BackendMeta):
     """Runs the tasks of jobs. Subclasses: LocalProcessBackend (embedded default), Kubernetes.
 
     `backend_state` is a JSON-able dict the backend returns from `submit` and gets back in every
@@ -81,22 +86,27 @@ class JobBackend(LoggingConfigurable):
         timeout, end of a parameter-server job). Training code can use them to checkpoint.""",
     )
 
+    @abstractmethod
     async def submit(self, launch: JobLaunch) -> dict[str, Any]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def observe_job(self, job_id: int, backend_state: dict[str, Any]) -> Observation:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     async def stop(
         self, job_id: int, backend_state: dict[str, Any], tasks: list[str] | None = None
     ) -> None:
         """Stop all (or the named) tasks: SIGTERM, grace period, SIGKILL."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def adopt(self, job_id: int, backend_state: dict[str, Any]) -> Observation:
         """Find a job's tasks again after a service restart; `lost` says why when it cannot."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def log_paths(self, job_id: int, backend_state: dict[str, Any]) -> dict[str, str]:
         """Task name -> log file (local backends) for the logs API."""
-        raise NotImplementedError
+        ...
