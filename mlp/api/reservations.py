@@ -46,12 +46,19 @@ class ReservationsHandler(APIHandler):
                 "fields are: group, pool, resources, server, user",
                 field=sorted(unknown)[0],
             )
-        name = body.get("user", self.user["name"])
+        name = body.get("user") or self.user["name"]
         if name != self.user["name"] and not self.is_admin:
             raise ApiError(403, "forbidden", "only admins may reserve for another user")
-        server = body.get("server", "")
+        server = body.get("server") or ""
         if not isinstance(server, str) or len(server) > 255 or "/" in server:
             raise ApiError(400, "bad_request", "server: expected a server name", field="server")
+        if not server.isprintable():
+            raise ApiError(
+                400,
+                "bad_request",
+                "server: only printable characters are allowed in a server name",
+                field="server",
+            )
         try:
             amount = parse_resources(
                 body.get("resources") or {}, self.quota.config.extra_resources, "resources"
@@ -85,7 +92,7 @@ class ReservationsHandler(APIHandler):
             )
         except ValueError as e:
             raise self.refuse(e, field="group") from None
-        pool = body.get("pool", "default")
+        pool = body.get("pool") or "default"
         self.validated(ReservationRequest, body)
         holder_id = f"server:{name}/{server}"
         if holder_id in ledger:
