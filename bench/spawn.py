@@ -1,8 +1,8 @@
 """Spawn latency: start request -> notebook server ready, for the platform's spawner against
 JupyterHub's own LocalProcessSpawner, started the same way in the same run.
 
-Two real hubs (hub_config/jupyterhub_config.py on free loopback ports) run side by side: one with
-the platform's LocalMLPSpawner (reservation in the ledger, account, cgroup), one with
+Two real hubs (hub_config/mlp_hub_config/jupyterhub_config.py on free loopback ports) run side
+by side: one with the platform's LocalMLPSpawner (reservation in the ledger, account, cgroup), one with
 `c.JupyterHub.spawner_class = "localprocess"` for system users created for the benchmark. Spawns
 alternate between the two; each is timed from `POST /hub/api/users/<name>/server` until the hub
 reports the server ready, then the server is stopped. As root both run servers as system accounts;

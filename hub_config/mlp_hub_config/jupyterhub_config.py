@@ -105,7 +105,7 @@ if not in_service:
         # Per-user passwords (jupyterhub-nativeauthenticator): users sign up at /hub/signup,
         # an admin authorizes them at /hub/authorize unless MLP_OPEN_SIGNUP=1. The admin
         # accounts are created at first start with the generated admin password.
-        c.JupyterHub.authenticator_class = "spawner.auth.MLPNativeAuthenticator"
+        c.JupyterHub.authenticator_class = "mlp_spawner.auth.MLPNativeAuthenticator"
         c.MLPNativeAuthenticator.initial_admin_password = creds["admin_password"]
         c.NativeAuthenticator.open_signup = os.environ.get("MLP_OPEN_SIGNUP") == "1"
         c.NativeAuthenticator.minimum_password_length = 10

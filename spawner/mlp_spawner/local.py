@@ -33,7 +33,7 @@ from mlp.isolation.cgroups import Cgroup, CgroupError, Limits
 from mlp.isolation.names import server_cgroup_name
 from mlp.isolation.process import make_preexec
 from mlp.scheduling.resources import parse_cpu, parse_memory
-from spawner.profiles import check_profiles, headroom_note, render_form
+from mlp_spawner.profiles import check_profiles, headroom_note, render_form
 
 
 class LocalMLPSpawner(LocalProcessSpawner):

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from spawner.profiles import check_profiles, fits, headroom_note, render_form
+from mlp_spawner.profiles import check_profiles, fits, headroom_note, render_form
 
 PROFILES = [
     {"slug": "small", "display_name": "Small", "default": True,
@@ -37,7 +36,7 @@ def test_profiles_are_checked():
 
 
 def test_a_tampered_form_is_refused():
-    from spawner.local import LocalMLPSpawner
+    from mlp_spawner.local import LocalMLPSpawner
 
     spawner = LocalMLPSpawner.__new__(LocalMLPSpawner)
     assert spawner.options_from_form({"profile": ["small"]}) == {"profile": "small"}
