@@ -2,8 +2,9 @@
 JupyterHub's own LocalProcessSpawner, started the same way in the same run.
 
 Two real hubs (hub_config/mlp_hub_config/jupyterhub_config.py on free loopback ports) run side
-by side: one with the platform's LocalMLPSpawner (reservation in the ledger, account, cgroup), one with
-`c.JupyterHub.spawner_class = "localprocess"` for system users created for the benchmark. Spawns
+by side: one with the platform's LocalMLPSpawner (reservation in the ledger, account, cgroup),
+one with `c.JupyterHub.spawner_class = "localprocess"` for system users created for the
+benchmark. Spawns
 alternate between the two; each is timed from `POST /hub/api/users/<name>/server` until the hub
 reports the server ready, then the server is stopped. As root both run servers as system accounts;
 as another user the baseline cannot (it needs root to switch users) and the script says so.
