@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -23,9 +24,13 @@ from mlp.api.openapi import build_openapi
 from mlp.backends.base import JobBackend
 from mlp.backends.local import LocalProcessBackend
 from mlp.core.alerts import AlertNotifier
+from mlp.core.hubsync import HubSync
 from mlp.core.manager import JobManager, ManagerSettings
 from mlp.core.quota import QuotaService
 from mlp.core.spec import TaskSpec
+from mlp.isolation import MLPIsolation
+from mlp.isolation.netguard import OutboundPolicy
+from mlp.isolation.process import unreachable_ancestor
 from mlp.scheduling import QuotaConfig, ScorePolicy
 from mlp.scheduling.resources import parse_cpu, parse_memory
 from mlp.store import Store
@@ -40,7 +45,8 @@ class MLPService(Application):
     description = "The mlp control plane: job store, queue and backends, behind a REST API."
     version = __version__
 
-    classes = [LocalProcessBackend, QuotaConfig, ScorePolicy, AlertNotifier]
+    classes = [LocalProcessBackend, QuotaConfig, ScorePolicy, AlertNotifier, MLPIsolation,
+               OutboundPolicy]
 
     aliases = {
         "config": "MLPService.config_file",
@@ -172,6 +178,26 @@ class MLPService(Application):
         0.25, config=True, help="Seconds between reads of log files while following them."
     )
 
+    keep_servers_of_running_jobs = Bool(
+        False,
+        config=True,
+        help="""Report the owner of a running job (and their notebook servers) active to the
+        hub every `keep_alive_interval` seconds, so the idle culler does not stop the notebook
+        that launched a long training. Needs the users:activity scope (hub_config grants it).""",
+    )
+    keep_alive_interval = Float(
+        300.0, config=True, help="Seconds between activity reports for owners of running jobs."
+    )
+    reclaim_interval = Float(
+        30.0,
+        config=True,
+        help="""Seconds between checks that every notebook-server reservation belongs to a
+        server the hub knows (running or starting); others are released.""",
+    )
+    reclaim_grace = Float(
+        30.0, config=True, help="A reservation younger than this many seconds is never reclaimed."
+    )
+
     def initialize(self, argv: list[str] | None = None) -> None:
         super().initialize(argv)
         for path in (self.config_file, self.extra_config_file):
@@ -181,13 +207,20 @@ class MLPService(Application):
         if self.cli_config:
             self.update_config(self.cli_config)
         self.log.setLevel(self.log_level)
-        Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+        self.isolation = MLPIsolation(parent=self, log=self.log)
+        if not self.isolation.data_dir:
+            self.isolation.data_dir = self.data_dir
+        prepare_data_dir(Path(self.data_dir), self.isolation.multi_user)
         self.store = Store(self.db_url)
+        with contextlib.suppress(OSError):
+            os.chmod(Path(self.data_dir) / "mlp.sqlite", 0o600)
         # A Type trait holds a concrete subclass of the abstract JobBackend (traitlets checks).
         make_backend: Any = self.backend_class
         self.backend: JobBackend = make_backend(parent=self, log=self.log)
-        if isinstance(self.backend, LocalProcessBackend) and not self.backend.data_dir:
-            self.backend.data_dir = self.data_dir
+        if isinstance(self.backend, LocalProcessBackend):
+            if not self.backend.data_dir:
+                self.backend.data_dir = self.data_dir
+            self.backend.isolation = self.isolation
         runtimes = {
             name: [cmd] if isinstance(cmd, str) else list(cmd)
             for name, cmd in self.runtimes.items()
@@ -287,6 +320,7 @@ class MLPService(Application):
             hub_auth=hub_auth,
             cookie_secret=self.load_cookie_secret(),
             mlp_manager=self.manager,
+            mlp_isolation=self.isolation,
             admin_scope=self.admin_scope,
             api_prefix=api_prefix,
             openapi=build_openapi(api_prefix, self.version),
@@ -313,6 +347,24 @@ class MLPService(Application):
         app = self.make_app()
         server = app.listen(self.port, self.ip, xheaders=True)
         self.manager.start()
+        info = self.isolation.describe()
+        self.log.log(logging.INFO if info["mode"] == "multi-user" else logging.WARNING,
+                     "mlp isolation: %s mode; %s", info["mode"], info["accounts"])
+        if info["limits_enforced"]:
+            self.log.info("mlp resource limits: %s", info["limits"])
+        else:
+            self.log.warning(
+                "mlp resource limits are NOT enforced (%s): reservations are only counted",
+                info["limits"],
+            )
+        sync = HubSync(self.manager, self.isolation, self.reclaim_grace, parent=self,
+                       log=self.log)
+        loops = [asyncio.get_running_loop().create_task(
+            self._every(self.reclaim_interval, sync.reclaim, "reclaiming reservations"))]
+        if self.keep_servers_of_running_jobs:
+            loops.append(asyncio.get_running_loop().create_task(
+                self._every(self.keep_alive_interval, sync.keep_owners_active,
+                            "keeping owners of running jobs active")))
         self.log.info(
             "mlp %s serving at http://%s:%d%s (data in %s)",
             self.version,
@@ -328,10 +380,38 @@ class MLPService(Application):
         await stop.wait()
         self.log.info("mlp stopping; running jobs keep running and are adopted at next start")
         server.stop()
+        for loop_task in loops:
+            loop_task.cancel()
         await self.manager.stop()
+
+    async def _every(self, interval: float, step: Any, what: str) -> None:
+        while True:
+            try:
+                await step()
+            except Exception as e:  # the hub may be restarting: try again next round
+                self.log.warning("%s failed: %s", what, e)
+            await asyncio.sleep(interval)
 
     def start(self) -> None:
         asyncio.run(self.serve())
+
+
+def prepare_data_dir(path: Path, multi_user: bool) -> None:
+    """The data directory: 0700 in personal mode; 0711 in multi-user mode, where the accounts
+    must pass through it to reach their homes (nothing inside can be listed or read by them:
+    databases, secrets and logs are 0600/0700, each home 0700 owned by its account)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o711 if multi_user else 0o700)
+    if multi_user:
+        for what, where in (("the data directory", path), ("the Python environment",
+                                                            Path(sys.executable))):
+            parent = unreachable_ancestor(where)
+            if parent is not None:
+                raise ValueError(
+                    f"{what} {where} is below {parent}, which other users cannot pass through "
+                    "(no o+x): the users' accounts could not reach it. Move it, or "
+                    f"`chmod o+x {parent}`"
+                )
 
 
 def main(argv: list[str] | None = None) -> None:

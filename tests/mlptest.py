@@ -45,6 +45,7 @@ async def wait_for_state(
 # --------------------------------------------------------------------------- hub level
 @dataclass
 class Hub:
+    prefix: str
     url: str
     service_url: str
     admin_token: str
@@ -106,9 +107,42 @@ class Api:
             time.sleep(0.2)
 
 
-def start_hub(tmp: Path, extra_service_args: list[str], extra_service_config: str = "") -> Hub:
-    data_dir = tmp / "data"
-    data_dir.mkdir(parents=True)
+def make_python_reachable() -> None:
+    """The accounts run this interpreter: let them pass through the folders above it (o+x,
+    no listing), e.g. /root when Python was installed with pyenv as root."""
+    from mlp.isolation.process import unreachable_ancestor
+
+    while (parent := unreachable_ancestor(Path(sys.executable))) is not None:
+        os.chmod(parent, parent.stat().st_mode | 0o001)
+
+
+def platform_data_dir(tmp: Path) -> Path:
+    """A data directory the platform's accounts can reach: as root (multi-user mode) pytest's
+    own tmp folders are 0700, so the data directory goes under a 0711 folder in /tmp, linked
+    from `tmp` for inspection and removed by `stop_hub`."""
+    if os.geteuid() != 0:
+        data_dir = tmp / "data"
+        data_dir.mkdir(parents=True)
+        return data_dir
+    import tempfile
+
+    make_python_reachable()
+    base = Path(tempfile.mkdtemp(prefix="mlp-test-", dir="/tmp"))
+    os.chmod(base, 0o711)
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "data").symlink_to(base / "data")
+    (base / "data").mkdir()
+    return base / "data"
+
+
+def start_hub(tmp: Path, extra_service_args: list[str], extra_service_config: str = "",
+              extra_hub_config: str = "") -> Hub:
+    data_dir = platform_data_dir(tmp)
+    # A prefix of its own for the system accounts of this hub (removed by stop_hub), so test
+    # runs never meet accounts of an earlier run.
+    prefix = f"t{secrets.token_hex(2)}-"
+    shared = (f"c.MLPIsolation.account_prefix = {prefix!r}\n"
+              f"c.MLPIsolation.cgroup_parent = 'mlp-test-{prefix[:-1]}'\n")
     admin_token = secrets.token_hex(24)
     port, hub_port, proxy_port, service_port = (free_port() for _ in range(4))
     service_config = tmp / "mlp_test_config.py"
@@ -118,6 +152,7 @@ def start_hub(tmp: Path, extra_service_args: list[str], extra_service_config: st
         "c.QuotaConfig.pools = {'default': {'capacity': big},\n"
         "    'production': {'capacity': big, 'priority': 100, 'requires_promotion': True}}\n"
         "c.QuotaConfig.default_group_quota = {'limits': {'default': big}}\n"
+        + shared
         + extra_service_config
     )
     extra_service_args = [*extra_service_args, "--extra-config", str(service_config)]
@@ -135,6 +170,8 @@ c.JupyterHub.load_roles.append({{
 for s in c.JupyterHub.services:
     if s["name"] == "mlp":
         s["command"] = s["command"] + {extra_service_args!r}
+{shared}
+{extra_hub_config}
 """
     )
     env = dict(os.environ)
@@ -159,6 +196,7 @@ for s in c.JupyterHub.services:
         start_new_session=True,
     )
     hub = Hub(
+        prefix=prefix,
         url=f"http://127.0.0.1:{port}",
         service_url=f"http://127.0.0.1:{service_port}/services/mlp/",
         admin_token=admin_token,
@@ -194,6 +232,41 @@ def stop_hub(hub: Hub) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(hub.proc.pid, signal.SIGKILL)
             hub.proc.wait()
+    if os.geteuid() == 0:
+        remove_platform_leftovers(hub.data_dir, hub.prefix)
+
+
+def remove_platform_leftovers(data_dir: Path, prefix: str) -> None:
+    """Kill what the hub's users still run, delete their system accounts and cgroups."""
+    import shutil
+
+    import psutil
+
+    from mlp.isolation import MLPIsolation
+    from mlp.isolation.accounts import AccountManager
+
+    accounts = AccountManager(data_dir, prefix)
+    registry = accounts._read() if accounts.registry_path.exists() else {}
+    uids = {int(str(e["uid"])) for e in registry.values()}
+    for p in psutil.process_iter(["uids"]):
+        if p.info["uids"] and p.info["uids"].real in uids:
+            with __import__("contextlib").suppress(psutil.Error):
+                p.kill()
+    for name in registry:
+        accounts.delete(name)
+    iso = MLPIsolation(data_dir=str(data_dir), cgroup_parent=f"mlp-test-{prefix[:-1]}")
+    driver = iso.cgroups
+    if driver.available:
+        for d in driver._parent_dirs().values():
+            for child in d.iterdir() if d.exists() else []:
+                if child.is_dir():
+                    with __import__("contextlib").suppress(Exception):
+                        driver.cgroup(child.name).remove()
+        for d in driver._parent_dirs().values():
+            with __import__("contextlib").suppress(OSError):
+                d.rmdir()
+    if data_dir.parent.name.startswith("mlp-test-"):
+        shutil.rmtree(data_dir.parent, ignore_errors=True)
 
 
 

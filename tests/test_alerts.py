@@ -29,6 +29,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from tornado import web
 from tornado.httpserver import HTTPServer
+from traitlets.config import Config
 
 from mlp.core.alert_rules import ALERT_EVENTS, redact_url, validate_alerts
 from mlp.core.alerts import AlertNotifier, Delivery, parse_retry_after
@@ -43,6 +44,10 @@ JOB: dict[str, Any] = {
     "reason": "task worker-0 exited with code 1",
     "attempt": 1,
 }
+
+
+# The recording servers listen on loopback, which webhooks may not reach unless allowed.
+LOOPBACK_OK = Config({"OutboundPolicy": {"allow_networks": ["127.0.0.0/8"]}})
 
 
 # ===================================================================================== validation
@@ -270,7 +275,10 @@ async def webhook() -> AsyncIterator[WebhookServer]:
 
 @pytest.fixture
 def notifier() -> AlertNotifier:
-    return AlertNotifier(retries=3, retry_backoff=0.01, retry_backoff_max=0.05, webhook_timeout=2)
+    return AlertNotifier(
+        retries=3, retry_backoff=0.01, retry_backoff_max=0.05, webhook_timeout=2,
+        config=LOOPBACK_OK,
+    )
 
 
 async def test_webhook_delivery_and_payload(
@@ -346,7 +354,7 @@ async def test_connection_refused_fails_after_retries_attempts(
 
 
 async def test_backoff_doubles_up_to_the_cap(webhook: WebhookServer) -> None:
-    notifier = AlertNotifier(retries=5, retry_backoff=0.05, retry_backoff_max=0.15)
+    notifier = AlertNotifier(retries=5, retry_backoff=0.05, retry_backoff_max=0.15, config=LOOPBACK_OK)
     [d] = await notifier.notify(
         JOB, "failed", [{"on": ["failed"], "webhook": webhook.url("/always-500")}]
     )
@@ -378,7 +386,7 @@ async def test_retry_after_is_capped(webhook: WebhookServer, notifier: AlertNoti
 
 
 async def test_timeout_is_retried_with_a_clear_error(webhook: WebhookServer) -> None:
-    notifier = AlertNotifier(retries=2, retry_backoff=0.01, webhook_timeout=0.2)
+    notifier = AlertNotifier(retries=2, retry_backoff=0.01, webhook_timeout=0.2, config=LOOPBACK_OK)
     [d] = await notifier.notify(
         JOB, "failed", [{"on": ["failed"], "webhook": webhook.url("/slow")}]
     )
@@ -428,7 +436,7 @@ async def test_credentials_go_as_basic_auth_and_are_never_logged(
 
 
 async def test_notify_is_cancellable(webhook: WebhookServer) -> None:
-    notifier = AlertNotifier(webhook_timeout=30)
+    notifier = AlertNotifier(webhook_timeout=30, config=LOOPBACK_OK)
     task = asyncio.create_task(
         notifier.notify(JOB, "failed", [{"on": ["failed"], "webhook": webhook.url("/slow")}])
     )
@@ -531,6 +539,7 @@ def mail_notifier(smtpd: SMTPServer, **kw: Any) -> AlertNotifier:
         smtp_timeout=5,
         retries=3,
         retry_backoff=0.01,
+        config=LOOPBACK_OK,
         **kw,
     )
 
@@ -626,3 +635,11 @@ async def test_smtp_does_not_block_the_event_loop(smtpd: SMTPServer) -> None:
     ticker.cancel()
     assert all(d.ok for d in deliveries) and len(smtpd.messages) == 5
     assert ticks > 1
+
+
+async def test_webhook_into_the_platforms_network_is_refused(webhook: WebhookServer) -> None:
+    """Without the allow-list, a webhook on loopback (the hub, the proxy API) is never called."""
+    notifier = AlertNotifier(retries=2, retry_backoff=0.01)
+    [d] = await notifier.notify(JOB, "failed", [{"on": ["failed"], "webhook": webhook.url("/ok")}])
+    assert not d.ok and d.attempts == 1 and "loopback address" in (d.error or ""), d
+    assert webhook.received == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -216,6 +217,35 @@ async def test_recycled_pid_is_not_adopted(manager_factory):
     await m2.backend.stop(job.id, real)
 
 
+@pytest.fixture
+def git_daemon(tmp_path: Path):
+    """`git daemon` on a free loopback port serving tmp_path/repos over git://; yields the base
+    URL. The backend refuses file:// and loopback sources unless an admin allows them, so
+    the tests allow 127.0.0.0/8 (c.OutboundPolicy.allow_networks)."""
+    import socket
+
+    from mlptest import free_port
+
+    base = tmp_path / "repos"
+    base.mkdir()
+    port = free_port()
+    proc = subprocess.Popen(
+        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}",
+         "--listen=127.0.0.1", f"--port={port}", str(base)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "git daemon did not start"
+            time.sleep(0.05)
+    yield f"git://127.0.0.1:{port}"
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(10)
+
+
 def make_repo(path: Path) -> str:
     path.mkdir()
     (path / "sub").mkdir()
@@ -229,9 +259,11 @@ def make_repo(path: Path) -> str:
     return f"file://{path}"
 
 
-async def test_git_source_is_cloned_into_the_job_folder(manager_factory, tmp_path):
-    url = make_repo(tmp_path / "repo")
+async def test_git_source_is_cloned_into_the_job_folder(manager_factory, tmp_path, git_daemon):
+    make_repo(tmp_path / "repos" / "repo")
+    url = f"{git_daemon}/repo"
     m = manager_factory()
+    m.backend.outbound.allow_networks = ["127.0.0.0/8"]
     job = m.submit("alice", {"name": "g", "source": {"git": url, "ref": "v1",
                                                       "path": "sub/train.py"}})
     job = await wait_for_state(m, job.id, END)
@@ -240,18 +272,43 @@ async def test_git_source_is_cloned_into_the_job_folder(manager_factory, tmp_pat
     assert Path(job.backend_state["tasks"][0]["log"]).read_text().strip() == "from git 42"
 
 
-async def test_git_url_that_cannot_be_cloned(manager_factory, tmp_path):
+async def test_git_url_that_cannot_be_cloned(manager_factory, tmp_path, git_daemon):
     m = manager_factory()
-    job = m.submit("alice", {"name": "g", "source": {"git": f"file://{tmp_path}/nothing"}})
+    m.backend.outbound.allow_networks = ["127.0.0.0/8"]
+    job = m.submit("alice", {"name": "g", "source": {"git": f"{git_daemon}/nothing"}})
     job = await wait_for_state(m, job.id, END)
     assert job.state == "Failed"
-    assert "git clone of file://" in job.reason and "exit code 128" in job.reason
+    assert f"git clone of {git_daemon}/nothing" in job.reason and "exit code 128" in job.reason
     assert "setup" in m.backend.log_paths(job.id, job.backend_state)
 
 
-async def test_git_ref_that_does_not_exist(manager_factory, tmp_path):
-    url = make_repo(tmp_path / "repo")
+@pytest.mark.parametrize("url", ["file:///etc", "/srv/repos/x.git"])
+def test_local_git_sources_are_refused_at_submit(url):
+    from mlp.core.spec import SpecError, validate_spec
+
+    with pytest.raises(SpecError, match="file:// and local paths are refused"):
+        validate_spec({"name": "g", "source": {"git": url}})
+
+
+@pytest.mark.parametrize("url,why", [
+    ("git://127.0.0.1:9/x", "loopback address"),
+    ("https://169.254.169.254/x.git", "cloud metadata"),
+    ("ssh://git@10.0.0.7/x.git", "private or reserved"),
+])
+async def test_git_sources_into_the_platforms_network_are_refused(manager_factory, url, why):
     m = manager_factory()
+    job = m.submit("alice", {"name": "g", "source": {"git": url}})
+    job = await wait_for_state(m, job.id, END)
+    assert job.state == "Failed" and why in job.reason, job.reason
+    setup = Path(m.backend.log_paths(job.id, job.backend_state)["setup"]).read_text()
+    assert "refused" in setup
+
+
+async def test_git_ref_that_does_not_exist(manager_factory, tmp_path, git_daemon):
+    make_repo(tmp_path / "repos" / "repo")
+    url = f"{git_daemon}/repo"
+    m = manager_factory()
+    m.backend.outbound.allow_networks = ["127.0.0.0/8"]
     job = m.submit("alice", {"name": "g", "source": {"git": url, "ref": "nope"}})
     job = await wait_for_state(m, job.id, END)
     assert job.state == "Failed" and "git checkout" in job.reason and "ref nope" in job.reason

@@ -35,6 +35,9 @@ c.QuotaConfig.groups = {
 c.QuotaConfig.default_group_quota = {'limits': {'default': {'cpu': 1, 'memory': '4Gi'}}}
 c.MLPService.default_task_cpu = '1'
 c.MLPService.default_task_memory = '1Gi'
+# The webhook receiver of these tests listens on loopback, which alerts may not reach unless
+# an admin allows it.
+c.OutboundPolicy.allow_networks = ['127.0.0.0/8']
 """
 
 

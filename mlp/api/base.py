@@ -12,10 +12,12 @@ import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthenticated
 from pydantic import BaseModel, ValidationError
 from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from mlp.core.manager import JobManager, JobNotFound
 from mlp.core.quota import QuotaService
@@ -127,6 +129,26 @@ class APIHandler(BaseHandler):
         else:
             body = {"error": "internal", "message": "internal error; see the mlp service log"}
         self.finish(json.dumps(body))
+
+    async def hub_groups(self, name: str) -> list[str]:
+        """A user's JupyterHub groups, asked with the service's own token."""
+        auth = self.hub_auth
+        req = HTTPRequest(
+            f"{auth.api_url}/users/{quote(name, safe='')}",
+            headers={"Authorization": f"token {auth.api_token}"},
+            request_timeout=20,
+        )
+        try:
+            resp = await AsyncHTTPClient().fetch(req)
+        except HTTPClientError as e:
+            if e.code == 404:
+                raise ApiError(
+                    404, "not_found", f"user {name!r} does not exist in the hub"
+                ) from None
+            raise ApiError(
+                503, "hub_unavailable", f"the hub did not answer about user {name!r}: {e}"
+            ) from None
+        return list(json.loads(resp.body).get("groups", []))
 
     @property
     def is_admin(self) -> bool:

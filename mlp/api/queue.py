@@ -38,19 +38,25 @@ class QueueHandler(APIHandler):
 
 class MyQuotaHandler(APIHandler):
     async def get(self) -> None:
+        asked = self.get_argument("user", None)
+        who = self.user
+        if asked not in (None, self.user["name"]):
+            if not self.is_admin:
+                raise ApiError(403, "forbidden", "only admins may see another user's quota")
+            who = {"name": asked, "groups": await self.hub_groups(asked)}
         ledger = self.quota.ledger
         default = self.quota.config.default_group
-        mine = sorted(g for g in self.user.get("groups", []) if g in ledger.groups) or [default]
+        mine = sorted(g for g in who.get("groups", []) if g in ledger.groups) or [default]
         groups = {}
         for name in mine:
             group = ledger.groups.get(name)
             if group is None:
                 continue
-            cap = group.cap_of(self.user["name"])
+            cap = group.cap_of(who["name"])
             groups[name] = {
                 "cohort": group.cohort,
                 "personal_cap": None if cap is None else cap.to_dict(),
-                "my_usage": ledger.user_usage(name, self.user["name"]).to_dict(),
+                "my_usage": ledger.user_usage(name, who["name"]).to_dict(),
                 "pools": {
                     pool: {
                         "limit": group.limit(pool).to_dict(),
@@ -62,11 +68,14 @@ class MyQuotaHandler(APIHandler):
                 },
             }
         jobs = self.manager.store.list_jobs(
-            user=self.user["name"], states=[JobState.QUEUED, JobState.STARTING, JobState.RUNNING]
+            user=who["name"], states=[JobState.QUEUED, JobState.STARTING, JobState.RUNNING]
         )
+        isolation = self.settings.get("mlp_isolation")
         self.write_json(
             {
-                "user": self.user["name"],
+                "user": who["name"],
+                # Whether reservations are enforced by cgroups, and as whom work runs.
+                "isolation": None if isolation is None else isolation.describe(),
                 "groups": groups,
                 "active_jobs": [
                     {"id": j.id, "name": j.name, "state": j.state, "group": j.group, "pool": j.pool}

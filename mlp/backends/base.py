@@ -33,8 +33,11 @@ class TaskStatus:
     signal: int | None = None  # set when the task was killed by a signal
     pid: int | None = None
     address: str | None = None
+    memory_limit: str | None = None  # set when the kernel killed the task at its memory limit
 
     def describe_exit(self) -> str:
+        if self.memory_limit is not None:
+            return f"exceeded its memory limit {self.memory_limit} and was killed"
         if self.signal is not None:
             return f"was killed by signal {self.signal}"
         if self.exit_code is None:

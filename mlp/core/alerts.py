@@ -22,6 +22,7 @@ from traitlets import Bool, Float, Integer, Unicode, validate
 from traitlets.config import LoggingConfigurable
 
 from mlp.core.alert_rules import ALERT_EVENTS, EMAIL_NOT_CONFIGURED, redact_url
+from mlp.isolation.netguard import OutboundPolicy, UnsafeURL
 
 USER_AGENT = "jupyterhub-mlp"
 
@@ -167,6 +168,7 @@ class AlertNotifier(LoggingConfigurable):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.outbound = OutboundPolicy(parent=self, log=self.log)
         # Strong references: the event loop only keeps weak ones to tasks, so a fire-and-forget
         # delivery could otherwise be garbage-collected half-way.
         self._background: set[asyncio.Task[list[Delivery]]] = set()
@@ -323,6 +325,10 @@ class AlertNotifier(LoggingConfigurable):
     async def _post_webhook(
         self, url: str, job: dict[str, Any], event: str, delivery_id: str
     ) -> _Attempt:
+        try:
+            await self.outbound.check_url(url, "webhook", ("http", "https"))
+        except UnsafeURL as e:
+            return _Attempt(f"refused: {e}", retry=False)
         parts = urlsplit(url)
         username = password = None
         if parts.username is not None:

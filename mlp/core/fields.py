@@ -105,9 +105,12 @@ def validate_source(raw: Any) -> dict[str, str]:
         return {"path": validate_relative_path(src["path"], "source.path")}
     refuse_unknown(src, {"git", "ref", "path"}, "source")
     url = src["git"]
-    if not isinstance(url, str) or not re.match(r"^(https?://|ssh://|git@|file://)\S+$", url):
+    if not isinstance(url, str) or not re.match(r"^(https?://|ssh://|git://|git@)\S+$", url):
+        local = isinstance(url, str) and (url.startswith("file:") or url.startswith("/"))
         raise SpecError(
-            "source.git", f"expected a git URL (https://, ssh://, git@ or file://), got {url!r}"
+            "source.git",
+            f"expected a git URL (https://, ssh://, git:// or git@host:path), got {url!r}"
+            + ("; file:// and local paths are refused" if local else ""),
         )
     ref = src.get("ref", "HEAD")
     if (
@@ -175,7 +178,7 @@ SOURCE_SCHEMA = {
             "required": ["git"],
             "additionalProperties": False,
             "properties": {
-                "git": {"type": "string", "pattern": r"^(https?://|ssh://|git@|file://)\S+$"},
+                "git": {"type": "string", "pattern": r"^(https?://|ssh://|git://|git@)\S+$"},
                 "ref": {"type": "string", "default": "HEAD",
                         "pattern": r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$"},
                 "path": {**PATH_SCHEMA, "default": "train.py",

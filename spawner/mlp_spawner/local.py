@@ -1,23 +1,42 @@
-"""The embedded default's spawner: a notebook server per user as a local process, in the user's
-own folder under the platform's data directory.
+"""The embedded default's spawner: a notebook server per user as a local process, inside the
+quota ledger, in its own cgroup, as the user's own system account.
 
-All servers run as the OS user that runs the hub. That is convenient on a laptop and gives no
-isolation between users (see docs/architecture.md, "Running as one OS user").
+Started as root (multi-user mode), each hub user gets a system account (`mlp.isolation`), and
+the server runs as that account in the user's folder under the platform's data directory,
+which is also where their jobs run, so files and the JupyterLab workspace survive culling.
+Started as an ordinary user (personal mode), the server runs as that user.
+
+Before a server starts, its size (a profile of `profile_list`) is reserved through the mlp
+service (`POST /reservations`), in the same ledger as jobs; the reservation is given back when
+the server stops or is culled, and the service reclaims reservations of servers that no longer
+exist. The cgroup's memory limit and CPU quota are the reservation.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import sys
 from typing import Any
+from urllib.parse import quote
 
-from jupyterhub.spawner import SimpleLocalProcessSpawner
-from traitlets import Unicode, default
+from jupyterhub.spawner import LocalProcessSpawner
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from traitlets import Dict, Instance, Integer, List, Unicode, default
 
 from mlp.core.paths import user_home
+from mlp.isolation import MLPIsolation
+from mlp.isolation.accounts import Account, AccountError
+from mlp.isolation.cgroups import Cgroup, CgroupError, Limits
+from mlp.isolation.names import server_cgroup_name
+from mlp.isolation.process import make_preexec
+from mlp.scheduling.resources import parse_cpu, parse_memory
+from mlp_spawner.profiles import check_profiles, headroom_note, render_form
 
 
-class LocalMLPSpawner(SimpleLocalProcessSpawner):
+class LocalMLPSpawner(LocalProcessSpawner):
     data_dir = Unicode(
         config=True,
         help="""The platform's data directory; each user's server starts in
@@ -29,14 +48,81 @@ class LocalMLPSpawner(SimpleLocalProcessSpawner):
     def _default_data_dir(self) -> str:
         return os.environ.get("MLP_DATA_DIR", os.path.expanduser("~/.local/share/mlp"))
 
-    @default("home_dir")
-    def _default_home_dir(self) -> str:
-        return str(user_home(self.data_dir, self.user.name))
+    mlp_api_url = Unicode(
+        config=True,
+        help="""Base URL of the mlp service's REST API as the hub reaches it, e.g.
+        http://127.0.0.1:10101/services/mlp/api/v1 . Reservations are made there.""",
+    )
+    mlp_api_token = Unicode(
+        config=True,
+        help="""A token of the hub-side service allowed to reserve for users (scope
+        custom:mlp:admin on the mlp service). hub_config generates one, mode 0600.""",
+    )
+    profile_list = List(
+        Dict(),
+        config=True,
+        help="""Server sizes offered on the spawn page, each reserved in the quota ledger:
+        [{"slug": "small", "display_name": "Small: 1 CPU, 2 GiB", "default": True,
+          "resources": {"cpu": "1", "memory": "2Gi"}}, ...].
+        Sizes larger than what the user may still reserve are shown disabled with the
+        numbers. A request naming another slug, or asking for anything else, is refused.""",
+    )
 
+    @default("profile_list")
+    def _default_profiles(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "slug": "small",
+                "display_name": "Small: 0.5 CPU, 1 GiB",
+                "default": True,
+                "resources": {"cpu": "0.5", "memory": "1Gi"},
+            },
+            {
+                "slug": "medium",
+                "display_name": "Medium: 1 CPU, 4 GiB",
+                "resources": {"cpu": "1", "memory": "4Gi"},
+            },
+        ]
+
+    kernel_cull_idle_timeout = Integer(
+        24 * 3600,
+        config=True,
+        help="""Seconds after which an idle kernel is shut down inside a running server
+        (jupyter_server's MappingKernelManager.cull_idle_timeout); 0 keeps kernels.""",
+    )
+    reservation_timeout = Integer(
+        30, config=True, help="Seconds to wait for the mlp service when reserving or releasing."
+    )
+
+    isolation = Instance(MLPIsolation)
+
+    @default("isolation")
+    def _default_isolation(self) -> MLPIsolation:
+        iso = MLPIsolation(parent=self, log=self.log)
+        if not iso.data_dir:
+            iso.data_dir = self.data_dir
+        return iso
+
+    reservation = Unicode("", help="The ledger holder id of this server's reservation.")
+    cgroup_name = Unicode("", help="The cgroup this server runs in.")
+
+    _account: Account | None = None
+    _cgroup: Cgroup | None = None
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._events: list[dict[str, Any]] = []
+        self._event_added = asyncio.Event()
+
+    # ------------------------------------------------------------------ where and who
     @default("cmd")
     def _default_cmd(self) -> list[str]:
         # The hub's own interpreter: its environment has JupyterLab, ipywidgets and mlp_magics.
         return [sys.executable, "-m", "jupyterhub.singleuser"]
+
+    @property
+    def home_dir(self) -> str:
+        return str(user_home(self.data_dir, self.user.name))
 
     @default("notebook_dir")
     def _default_notebook_dir(self) -> str:
@@ -44,13 +130,245 @@ class LocalMLPSpawner(SimpleLocalProcessSpawner):
 
     def get_args(self) -> list[str]:
         args: list[str] = super().get_args()
-        # Jupyter refuses to start as root without this flag; the hub would then report an
-        # opaque 500. Running as root is what a one-machine install in a container does.
-        if os.geteuid() == 0 and "--allow-root" not in args:
+        if os.geteuid() == 0 and not self.isolation.multi_user and "--allow-root" not in args:
+            # Personal mode forced on as root: everything runs as root, as configured.
             args.append("--allow-root")
+        if self.kernel_cull_idle_timeout > 0:
+            args += [
+                f"--MappingKernelManager.cull_idle_timeout={self.kernel_cull_idle_timeout}",
+                f"--MappingKernelManager.cull_interval={min(300, self.kernel_cull_idle_timeout)}",
+            ]
         return args
 
+    def make_preexec_fn(self, name: str) -> Any:
+        return make_preexec(self._account, self._cgroup, self.home_dir, make_cwd=False)
+
     def user_env(self, env: dict[str, Any]) -> dict[str, Any]:
-        env = super().user_env(env)
+        env["HOME"] = self.home_dir
+        env["SHELL"] = "/bin/bash"
+        env["USER"] = self._account.name if self._account else env.get("USER", self.user.name)
         env["MLP_DATA_DIR"] = self.data_dir
         return env
+
+    async def move_certs(self, paths: dict[str, str]) -> dict[str, str]:
+        return paths  # internal TLS is not used by the embedded default
+
+    # ------------------------------------------------------------------ options form
+    def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
+        unknown = set(formdata) - {"profile", "_xsrf"}
+        if unknown:
+            raise ValueError(
+                f"the spawn form has unexpected fields {sorted(unknown)}; choose a size from "
+                "the list"
+            )
+        return {"profile": (formdata.get("profile") or [""])[0]}
+
+    async def _options_form(self) -> str:
+        headroom = await self._headroom()
+        return render_form(check_profiles(self.profile_list), headroom)
+
+    @default("options_form")
+    def _default_options_form(self) -> Any:
+        async def form(spawner: LocalMLPSpawner) -> str:
+            return await spawner._options_form()
+
+        return form
+
+    def _chosen_profile(self) -> dict[str, Any]:
+        profiles = check_profiles(self.profile_list)
+        options = dict(self.user_options or {})
+        extra = set(options) - {"profile"}
+        if extra:
+            raise web.HTTPError(
+                400, f"server options {sorted(extra)} are not offered; choose a profile "
+                f"({', '.join(p['slug'] for p in profiles)})"
+            )
+        slug = options.get("profile") or next(
+            (p["slug"] for p in profiles if p.get("default")), profiles[0]["slug"]
+        )
+        for p in profiles:
+            if p["slug"] == slug:
+                return p
+        raise web.HTTPError(
+            400, f"profile {slug!r} is not offered; choose one of "
+            f"{', '.join(p['slug'] for p in profiles)}"
+        )
+
+    # ------------------------------------------------------------------ the mlp service
+    async def _api(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        if not self.mlp_api_url:
+            raise web.HTTPError(500, "LocalMLPSpawner.mlp_api_url is not set; see hub_config")
+        req = HTTPRequest(
+            self.mlp_api_url.rstrip("/") + path,
+            method=method,
+            headers={"Authorization": f"token {self.mlp_api_token}",
+                     "Content-Type": "application/json"},
+            body=None if body is None else json.dumps(body),
+            request_timeout=self.reservation_timeout,
+            connect_timeout=self.reservation_timeout,
+        )
+        try:
+            resp = await AsyncHTTPClient().fetch(req)
+        except HTTPClientError as e:
+            if e.response is None or e.code == 599:
+                raise ServiceDown(str(e)) from None
+            try:
+                payload = json.loads(e.response.body or b"{}")
+            except ValueError:
+                payload = {}
+            raise ServiceRefused(e.code, payload.get("message") or str(e), payload) from None
+        except OSError as e:
+            raise ServiceDown(str(e)) from None
+        return json.loads(resp.body or b"{}")
+
+    async def _headroom(self) -> dict[str, float] | None:
+        try:
+            q = await self._api("GET", f"/quota?user={quote(self.user.name)}")
+        except (ServiceDown, ServiceRefused) as e:
+            self.log.warning("quota of %s unavailable for the spawn form: %s", self.user.name, e)
+            return None
+        return headroom_note(q)
+
+    @property
+    def _reservation_path(self) -> str:
+        return f"/reservations/{quote(self.user.name, safe='')}/{quote(self.name, safe='')}"
+
+    async def _reserve(self, resources: dict[str, Any]) -> None:
+        body = {"user": self.user.name, "server": self.name, "resources": resources}
+        for attempt in (1, 2):
+            try:
+                held = await self._api("POST", "/reservations", body)
+            except ServiceDown as e:
+                raise web.HTTPError(
+                    503,
+                    f"the mlp service is not reachable ({e}); nothing was reserved and no server "
+                    "was started. Try again in a minute; an admin finds the cause in the hub log",
+                ) from None
+            except ServiceRefused as e:
+                if e.payload.get("error") == "conflict" and attempt == 1:
+                    # Left over by a hub that died mid-spawn: this server is not running.
+                    await self._release(quiet=True)
+                    continue
+                raise web.HTTPError(e.code if e.code < 500 else 503, e.message) from None
+            self.reservation = f"server:{held['user']}/{held['id'].partition('/')[2]}"
+            return
+
+    async def _release(self, quiet: bool = False) -> None:
+        try:
+            await self._api("DELETE", self._reservation_path)
+        except ServiceRefused as e:
+            if e.code != 404 and not quiet:
+                self.log.warning("releasing %s's reservation: %s", self.user.name, e.message)
+        except ServiceDown as e:
+            self.log.warning(
+                "mlp service down while releasing %s's reservation (%s); it reclaims it itself",
+                self.user.name, e,
+            )
+        self.reservation = ""
+
+    # ------------------------------------------------------------------ lifecycle
+    def _event(self, progress: int, message: str) -> None:
+        self._events.append({"progress": progress, "message": message})
+        self._event_added.set()
+
+    async def progress(self) -> Any:
+        sent = 0
+        while True:
+            while sent < len(self._events):
+                yield self._events[sent]
+                sent += 1
+            if self._events and self._events[-1]["progress"] >= 100:
+                return
+            self._event_added.clear()
+            await self._event_added.wait()
+
+    async def start(self) -> Any:
+        self._events.clear()
+        profile = self._chosen_profile()
+        resources = dict(profile["resources"])
+        self._event(10, f"Reserving {profile['display_name']} in your quota")
+        await self._reserve(resources)
+        try:
+            if self.isolation.multi_user:
+                self._event(30, "Preparing your account and home folder")
+                try:
+                    self._account = self.isolation.account(self.user.name)
+                except AccountError as e:
+                    raise web.HTTPError(500, str(e)) from None
+            else:
+                os.makedirs(self.home_dir, mode=0o700, exist_ok=True)
+            self._cgroup = self._make_cgroup(resources)
+            self._event(50, "Starting your notebook server")
+            result = await super().start()
+        except BaseException:
+            await self._cleanup()
+            raise
+        self._event(100, "Server started; waiting for it to answer")
+        return result
+
+    def _make_cgroup(self, resources: dict[str, Any]) -> Cgroup | None:
+        driver = self.isolation.cgroups
+        if not driver.available:
+            self._event(40, f"Resource limits are {driver.describe()}")
+            return None
+        limits = Limits(
+            cpu=parse_cpu(resources["cpu"]) if "cpu" in resources else None,
+            memory=parse_memory(resources["memory"]) if "memory" in resources else None,
+        )
+        self.cgroup_name = server_cgroup_name(self.user.name, self.name)
+        try:
+            return driver.create(self.cgroup_name, limits)
+        except CgroupError as e:
+            raise web.HTTPError(500, f"{e}; the server was not started") from None
+
+    async def _cleanup(self) -> None:
+        if self.cgroup_name and self.isolation.cgroups.available:
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self.isolation.cgroups.cgroup(self.cgroup_name).remove
+                )
+            except CgroupError as e:
+                self.log.warning("%s", e)
+        self.cgroup_name = ""
+        self._cgroup = None
+        if self.reservation:
+            await self._release()
+
+    async def stop(self, now: bool = False) -> None:
+        await super().stop(now=now)
+        await self._cleanup()
+
+    async def poll(self) -> int | None:
+        status: int | None = await super().poll()
+        if status is not None and (self.reservation or self.cgroup_name):
+            await self._cleanup()
+        return status
+
+    def get_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = super().get_state()
+        if self.reservation:
+            state["reservation"] = self.reservation
+        if self.cgroup_name:
+            state["cgroup"] = self.cgroup_name
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self.reservation = state.get("reservation", "")
+        self.cgroup_name = state.get("cgroup", "")
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        # reservation and cgroup are cleared by _cleanup once they are given back
+
+
+class ServiceDown(Exception):
+    pass
+
+
+class ServiceRefused(Exception):
+    def __init__(self, code: int, message: str, payload: dict[str, Any]):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.payload = payload

@@ -1,0 +1,104 @@
+"""Spawn latency: start request -> notebook server ready, for the platform's spawner against
+JupyterHub's own LocalProcessSpawner, started the same way in the same run.
+
+Two real hubs (hub_config/mlp_hub_config/jupyterhub_config.py on free loopback ports) run side
+by side: one with the platform's LocalMLPSpawner (reservation in the ledger, account, cgroup),
+one with `c.JupyterHub.spawner_class = "localprocess"` for system users created for the
+benchmark. Spawns
+alternate between the two; each is timed from `POST /hub/api/users/<name>/server` until the hub
+reports the server ready, then the server is stopped. As root both run servers as system accounts;
+as another user the baseline cannot (it needs root to switch users) and the script says so.
+
+    .venv/bin/python bench/spawn.py [--spawns 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from mlptest import Hub, start_hub, stop_hub  # noqa: E402
+
+
+def spawn_once(hub: Hub, user: str) -> float:
+    start = time.perf_counter()
+    r = hub.hub_api("POST", f"/users/{user}/server")
+    if r.status_code not in (201, 202):
+        raise RuntimeError(f"spawn of {user} failed: {r.status_code} {r.text}\n{hub.log_tail()}")
+    while True:
+        server = hub.hub_api("GET", f"/users/{user}").json()["servers"].get("")
+        if server and server["ready"]:
+            elapsed = time.perf_counter() - start
+            break
+        if server is None or time.perf_counter() - start > 180:
+            raise RuntimeError(f"{user}'s server did not become ready\n{hub.log_tail()}")
+        time.sleep(0.05)
+    hub.hub_api("DELETE", f"/users/{user}/server")
+    while hub.hub_api("GET", f"/users/{user}").json()["servers"]:
+        time.sleep(0.1)
+    return elapsed
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spawns", type=int, default=20)
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/spawn.py: run as root (the baseline LocalProcessSpawner switches users)")
+    tmp = Path(tempfile.mkdtemp(prefix="mlp-bench-"))
+    users = [f"bench{i}" for i in range(args.spawns)]
+    base_home = Path(tempfile.mkdtemp(prefix="mlp-bench-homes-", dir="/tmp"))
+    os.chmod(base_home, 0o711)
+    created: list[str] = []
+    hubs: list[Hub] = []
+    times: dict[str, list[float]] = {"LocalMLPSpawner": [], "LocalProcessSpawner": []}
+    try:
+        for u in users:  # the baseline needs existing system users of the same names
+            if subprocess.run(["id", u], capture_output=True).returncode != 0:
+                subprocess.run(["useradd", "--create-home", "--home-dir", str(base_home / u), u],
+                               check=True)
+                created.append(u)
+        ours = start_hub(tmp / "ours", [])
+        hubs.append(ours)
+        vanilla = start_hub(
+            tmp / "vanilla", [],
+            extra_hub_config="c.JupyterHub.spawner_class = 'localprocess'\n"
+                             "c.Spawner.notebook_dir = '~'\n",
+        )
+        hubs.append(vanilla)
+        for u in users:
+            ours.user_token(u)
+            vanilla.user_token(u)
+        for i, u in enumerate(users):  # alternate which goes first
+            order = [("LocalMLPSpawner", ours), ("LocalProcessSpawner", vanilla)]
+            for name, hub in order if i % 2 == 0 else reversed(order):
+                times[name].append(spawn_once(hub, u))
+    finally:
+        for hub in hubs:
+            stop_hub(hub)
+        for u in created:
+            subprocess.run(["userdel", u], capture_output=True)
+    base = statistics.median(times["LocalProcessSpawner"])
+    print(f"\nspawn -> ready over {args.spawns} spawns each, alternated (seconds)\n")
+    print(f"{'spawner':<22}{'p50':>8}{'p95':>8}{'min':>8}{'max':>8}{'p50 ratio':>11}")
+    for name, vals in times.items():
+        print(f"{name:<22}{statistics.median(vals):>8.2f}{pct(vals, 0.95):>8.2f}"
+              f"{min(vals):>8.2f}{max(vals):>8.2f}{statistics.median(vals) / base:>11.2f}")
+
+
+if __name__ == "__main__":
+    main()
