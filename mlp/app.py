@@ -186,7 +186,7 @@ class MLPService(Application):
         # A Type trait holds a concrete subclass of the abstract JobBackend (traitlets checks).
         make_backend: Any = self.backend_class
         self.backend: JobBackend = make_backend(parent=self, log=self.log)
-        if isinstance(self.backend, LocalProcessBackend) and not self.backend.data_dir:
+        if self.backend.has_trait("data_dir") and not getattr(self.backend, "data_dir", ""):
             self.backend.data_dir = self.data_dir
         runtimes = {
             name: [cmd] if isinstance(cmd, str) else list(cmd)

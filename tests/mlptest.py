@@ -106,7 +106,13 @@ class Api:
             time.sleep(0.2)
 
 
-def start_hub(tmp: Path, extra_service_args: list[str], extra_service_config: str = "") -> Hub:
+def start_hub(
+    tmp: Path,
+    extra_service_args: list[str],
+    extra_service_config: str = "",
+    extra_hub_config: str = "",
+    extra_env: dict[str, str] | None = None,
+) -> Hub:
     data_dir = tmp / "data"
     data_dir.mkdir(parents=True)
     admin_token = secrets.token_hex(24)
@@ -136,6 +142,7 @@ for s in c.JupyterHub.services:
     if s["name"] == "mlp":
         s["command"] = s["command"] + {extra_service_args!r}
 """
+        + extra_hub_config
     )
     env = dict(os.environ)
     env.update(
@@ -148,6 +155,7 @@ for s in c.JupyterHub.services:
         PATH=f"{REPO / 'node_modules' / '.bin'}{os.pathsep}{Path(sys.executable).parent}"
         f"{os.pathsep}{env.get('PATH', '')}",
     )
+    env.update(extra_env or {})
     env.pop("JUPYTERHUB_API_TOKEN", None)
     log_path = tmp / "hub.log"
     proc = subprocess.Popen(

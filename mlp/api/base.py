@@ -128,6 +128,27 @@ class APIHandler(BaseHandler):
             body = {"error": "internal", "message": "internal error; see the mlp service log"}
         self.finish(json.dumps(body))
 
+    async def hub_groups(self, name: str) -> list[str]:
+        """A user's JupyterHub groups, asked with the service's own token."""
+        from urllib.parse import quote
+
+        from tornado.httpclient import AsyncHTTPClient
+
+        auth = self.hub_auth
+        r = await AsyncHTTPClient().fetch(
+            f"{auth.api_url}/users/{quote(name, safe='')}",
+            headers={"Authorization": f"token {auth.api_token}"},
+            raise_error=False,
+            request_timeout=30,
+        )
+        if r.code == 404:
+            raise ApiError(404, "not_found", f"user {name!r} does not exist in the hub")
+        if r.code != 200:
+            raise ApiError(
+                502, "hub_error", f"the hub answered {r.code} when asked for {name!r}'s groups"
+            )
+        return list(json.loads(r.body).get("groups", []))
+
     @property
     def is_admin(self) -> bool:
         return self.settings["admin_scope"] in set(self.user.get("scopes", ()))

@@ -38,6 +38,12 @@ class QueueHandler(APIHandler):
 
 class MyQuotaHandler(APIHandler):
     async def get(self) -> None:
+        asked = self.get_argument("user", None)
+        if asked not in (None, self.user["name"]):
+            # Admins (the hub's spawner) read another user's quota to offer server sizes.
+            if not self.is_admin:
+                raise ApiError(403, "forbidden", "only admins may read another user's quota")
+            self.user = {"name": asked, "groups": await self.hub_groups(asked)}
         ledger = self.quota.ledger
         default = self.quota.config.default_group
         mine = sorted(g for g in self.user.get("groups", []) if g in ledger.groups) or [default]

@@ -100,19 +100,6 @@ class ReservationsHandler(APIHandler):
             raise self.refuse(e) from None
         self.write_json(_reservation(holder), status=201)
 
-    async def hub_groups(self, name: str) -> list[str]:
-        """A user's JupyterHub groups, asked with the service's own token."""
-        auth = self.hub_auth
-        r = await auth._api_request(
-            "GET",
-            f"{auth.api_url}/users/{name}",
-            headers={"Authorization": f"token {auth.api_token}"},
-            allow_404=True,
-        )
-        if r is None:
-            raise ApiError(404, "not_found", f"user {name!r} does not exist in the hub")
-        return list(r.get("groups", []))
-
 
 class ReservationHandler(APIHandler):
     async def delete(self, user: str, server: str) -> None:

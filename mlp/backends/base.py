@@ -60,6 +60,9 @@ class Observation:
 
     tasks: list[TaskStatus] = field(default_factory=list)
     lost: str | None = None  # set when the backend cannot find the job's tasks any more
+    # Set when the backend gives the attempt up without fault of the job (e.g. a cluster that
+    # could not place the whole gang in time): the manager releases its quota and requeues it.
+    requeue: str | None = None
 
 
 class SetupError(RuntimeError):
