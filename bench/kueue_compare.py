@@ -213,7 +213,7 @@ def start_kueue(k8s: Cluster, run: Path) -> subprocess.Popen[bytes]:
         "integrations": {"frameworks": ["batch/job"]},
     }
     (run / "kueue.yaml").write_text(yaml.safe_dump(config))
-    log = open(run / "kueue.log", "wb")  # noqa: SIM115
+    log = open(k8s.run_dir / "logs" / "kueue.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [str(kdir / "kueue"), f"--config={run / 'kueue.yaml'}",
          "--feature-gates=VisibilityOnDemand=false"],

@@ -193,7 +193,12 @@ async def test_tf_config_names_every_task(harness: Harness, tmp_path: Path):
     else:
         backend = m.backend
         assert isinstance(backend, KubernetesBackend) and backend.cache is not None
-        pod = backend.cache.pods[f"mlp-job-{j.id}-1-worker-1"]
+        name = f"mlp-job-{j.id}-1-worker-1"
+        deadline = time.monotonic() + 30
+        while name not in backend.cache.pods:  # its watch event may still be on the way
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        pod = backend.cache.pods[name]
         env = {e["name"]: e.get("value", "") for e in pod["spec"]["containers"][0]["env"]}
         seen = env["TF_CONFIG"]
     import json
