@@ -201,6 +201,12 @@ def start_kueue(k8s: Cluster, run: Path) -> subprocess.Popen[bytes]:
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(certs / "tls.key"), "-out", str(certs / "tls.crt")],
                    check=True, capture_output=True)
+    # With its cert controller off, Kueue v0.17.0 reads its metrics certificate from a fixed
+    # path (cmd/kueue/main.go); give it the same self-signed pair there.
+    metrics = Path("/etc/kueue/metrics/certs")
+    metrics.mkdir(parents=True, exist_ok=True)
+    for name in ("tls.crt", "tls.key"):
+        (metrics / name).write_bytes((certs / name).read_bytes())
     health, webhook = free_port(), free_port()
     config = {
         "apiVersion": "config.kueue.x-k8s.io/v1beta2", "kind": "Configuration",

@@ -90,12 +90,10 @@ class JobBackend(LoggingConfigurable, metaclass=_BackendMeta):
     )
 
     @abstractmethod
-    async def submit(self, launch: JobLaunch) -> dict[str, Any]:
-        ...
+    async def submit(self, launch: JobLaunch) -> dict[str, Any]: ...
 
     @abstractmethod
-    def observe_job(self, job_id: int, backend_state: dict[str, Any]) -> Observation:
-        ...
+    def observe_job(self, job_id: int, backend_state: dict[str, Any]) -> Observation: ...
 
     @abstractmethod
     async def stop(

@@ -14,13 +14,14 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from kubernetes_asyncio import client, config, watch
 from kubernetes_asyncio.client.rest import ApiException
 
-from mlp.backends.k8s_objects import MANAGED
+from mlp.backends.k8s_objects import MANAGED, NO_KUBELET
 
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -229,3 +230,24 @@ class PodCache:
                     self.seen.add(name)
                     self.deleted.pop(name, None)
                 self._changed()
+
+
+async def copy_pod_log(
+    core: client.CoreV1Api, ns: str, pod: str, path: Path, timeout: float
+) -> str:
+    """The pod log API's text written to `path`; where no kubelet can serve it, a clear note."""
+    try:
+        text = await core.read_namespaced_pod_log(
+            pod, ns, container="task", _request_timeout=timeout
+        )
+    except ApiException as e:
+        if e.status == 404 and path.exists():
+            return path.read_text()  # the pod is gone; keep the last copy
+        text = NO_KUBELET.format(why=f"HTTP {e.status}: {api_message(e)}") + "\n"
+    except (TimeoutError, OSError) as e:
+        text = NO_KUBELET.format(why=f"{e.__class__.__name__}: {e}") + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return str(text)

@@ -241,3 +241,41 @@ def pod_manifest(
         ),
         "spec": pod_spec,
     }
+
+
+# ----------------------------------------------------------------------------- pod state
+NO_KUBELET = (
+    "no logs: the Kubernetes API could not read this pod's log from its node ({why}). "
+    "Simulated nodes (kwok) run no containers and keep no logs."
+)
+
+
+def why_gone(t: dict[str, Any], last: dict[str, Any] | None) -> str:
+    what = f"pod {t['pod']} (task {t['name']}) was deleted outside mlp"
+    if last is None:
+        return what + " (it no longer exists)"
+    node = (last.get("spec") or {}).get("nodeName")
+    for cond in (last.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            why = cond.get("message") or cond.get("reason")
+            return f"pod {t['pod']} (task {t['name']}) was removed by Kubernetes: {why}" + (
+                f" (node {node})" if node else ""
+            )
+    return what + (f" while it ran on node {node}" if node else "")
+
+
+def exit_code(pod: dict[str, Any]) -> int | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if cs.get("name") == "task" and term is not None:
+            return int(term.get("exitCode", -1))
+    return None
+
+
+def pending_reason(pod: dict[str, Any]) -> str:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") != "True":
+            return str(cond.get("message") or cond.get("reason") or "not scheduled")
+    if not (pod.get("spec") or {}).get("nodeName"):
+        return "not scheduled yet"
+    return f"scheduled on {pod['spec']['nodeName']}, not running yet"

@@ -29,6 +29,7 @@ from mlp.backends.k8s_client import (
     PodCache,
     Retrying,
     api_message,
+    copy_pod_log,
     default_namespace,
     make_api_client,
 )
@@ -37,13 +38,11 @@ from mlp.backends.k8s_objects import (
     JOB_ID,
     JobObjects,
     PodSettings,
+    exit_code,
     job_selector,
+    pending_reason,
     pod_manifest,
-)
-
-NO_KUBELET = (
-    "no logs: the Kubernetes API could not read this pod's log from its node ({why}). "
-    "Simulated nodes (kwok) run no containers and keep no logs."
+    why_gone,
 )
 
 
@@ -338,7 +337,7 @@ class KubernetesBackend(JobBackend):
                 if t["pod"] in self._stopping:
                     status.running = False
                     continue
-                obs.lost = self._why_gone(t, cache.deleted.get(t["pod"]))
+                obs.lost = why_gone(t, cache.deleted.get(t["pod"]))
                 status.running = False
                 continue
             phase = (pod.get("status") or {}).get("phase")
@@ -347,7 +346,7 @@ class KubernetesBackend(JobBackend):
                 status.exit_code = 0
             elif phase == "Failed":
                 status.running = False
-                code = _exit_code(pod)
+                code = exit_code(pod)
                 if code is None:
                     st = pod.get("status") or {}
                     obs.lost = (
@@ -359,7 +358,7 @@ class KubernetesBackend(JobBackend):
                     if code > 128:
                         status.signal = code - 128
             elif phase != "Running":
-                pending.append(f"{t['pod']} ({_pending_reason(pod)})")
+                pending.append(f"{t['pod']} ({pending_reason(pod)})")
         age = time.time() - float(backend_state.get("submitted_at", time.time()))
         if pending and not obs.lost and age > self.gang_timeout:
             obs.requeue = (
@@ -368,19 +367,6 @@ class KubernetesBackend(JobBackend):
                 + "; its quota was released and it waits in the queue again"
             )
         return obs
-
-    def _why_gone(self, t: dict[str, Any], last: dict[str, Any] | None) -> str:
-        what = f"pod {t['pod']} (task {t['name']}) was deleted outside mlp"
-        if last is None:
-            return what + " (it no longer exists)"
-        node = (last.get("spec") or {}).get("nodeName")
-        for cond in (last.get("status") or {}).get("conditions") or []:
-            if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
-                why = cond.get("message") or cond.get("reason")
-                return f"pod {t['pod']} (task {t['name']}) was removed by Kubernetes: {why}" + (
-                    f" (node {node})" if node else ""
-                )
-        return what + (f" while it ran on node {node}" if node else "")
 
     def adopt(self, job_id: int, backend_state: dict[str, Any]) -> Observation:
         """After a restart the pods are found again by their labels through the watch; until the
@@ -506,36 +492,7 @@ class KubernetesBackend(JobBackend):
         return paths
 
     async def fetch_log(self, ns: str, pod: str, path: Path) -> str:
-        core = client.CoreV1Api(await self.api())
-        try:
-            text = await core.read_namespaced_pod_log(
-                pod, ns, container="task", _request_timeout=self.log_timeout
-            )
-        except ApiException as e:
-            if e.status == 404 and path.exists():
-                return path.read_text()  # the pod is gone; keep the last copy
-            text = NO_KUBELET.format(why=f"HTTP {e.status}: {api_message(e)}") + "\n"
-        except (TimeoutError, OSError) as e:
-            text = NO_KUBELET.format(why=f"{e.__class__.__name__}: {e}") + "\n"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
-        return str(text)
-
-
-def _exit_code(pod: dict[str, Any]) -> int | None:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated")
-        if cs.get("name") == "task" and term is not None:
-            return int(term.get("exitCode", -1))
-    return None
-
-
-def _pending_reason(pod: dict[str, Any]) -> str:
-    for cond in (pod.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") != "True":
-            return str(cond.get("message") or cond.get("reason") or "not scheduled")
-    if not (pod.get("spec") or {}).get("nodeName"):
-        return "not scheduled yet"
-    return f"scheduled on {pod['spec']['nodeName']}, not running yet"
+        """Copy a pod's log to `path` (or a clear note why there is none); returns the text."""
+        return await copy_pod_log(
+            client.CoreV1Api(await self.api()), ns, pod, path, self.log_timeout
+        )
