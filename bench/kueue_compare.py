@@ -152,7 +152,7 @@ async def run_ours(k8s: Cluster, queues: list[str], loads: list[Workload], ns: s
                 "name": f"{w.cls}", "group": w.queue, "priority": w.priority // 2,  # ours -100..100
                 "source": {"inline": "pass"}, "env": sim_env(w.runtime_ms),
                 "tasks": {"worker": {"count": 1, "cpu": w.cpu, "memory": "1Mi"}},
-            })
+            }, hub_groups=queues)
             by_id[job.id] = w
             pending.add(job.id)
             m.kick()
