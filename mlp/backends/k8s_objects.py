@@ -279,3 +279,15 @@ def pending_reason(pod: dict[str, Any]) -> str:
     if not (pod.get("spec") or {}).get("nodeName"):
         return "not scheduled yet"
     return f"scheduled on {pod['spec']['nodeName']}, not running yet"
+
+
+def failed_without_exit(t: dict[str, Any], pod: dict[str, Any]) -> str:
+    """Why a pod is Failed without a container exit code (evicted, node gone...)."""
+    st = pod.get("status") or {}
+    if any(c.get("type") == "DisruptionTarget" for c in st.get("conditions") or []):
+        return why_gone(t, pod).replace("was removed by", "failed, ended by")
+    node = (pod.get("spec") or {}).get("nodeName")
+    return (
+        f"pod {t['pod']} (task {t['name']}) failed on node {node}: "
+        f"{st.get('reason', 'no reason given')}: {st.get('message', '')}"
+    )

@@ -42,6 +42,7 @@ from mlp.backends.k8s_objects import (
     job_selector,
     pending_reason,
     pod_manifest,
+    failed_without_exit,
     why_gone,
 )
 
@@ -348,9 +349,8 @@ class KubernetesBackend(JobBackend):
                 status.running = False
                 code = exit_code(pod)
                 if code is None:
-                    st = pod.get("status") or {}
-                    obs.lost = (
-                        f"pod {t['pod']} (task {t['name']}) failed: "
+                    obs.lost = failed_without_exit(t, pod)
+                        else f"pod {t['pod']} (task {t['name']}) failed on node {node}: "
                         f"{st.get('reason', 'no reason given')}: {st.get('message', '')}"
                     )
                 else:

@@ -143,9 +143,10 @@ async def test_a_node_that_disappears_fails_its_job_with_that_reason(kube: Harne
     j = m.submit("alice", job("on-doomed", {"worker": 1}))
     await wait_for_state(m, j.id, {JobState.RUNNING}, 60)
     k8s.delete_node("doomed")
-    done = await wait_for_state(m, j.id, {JobState.FAILED}, 120)
+    # the pod garbage collector notices the missing node within a minute or two
+    done = await wait_for_state(m, j.id, {JobState.FAILED}, 240)
     assert "doomed" in done.reason, done.reason
-    assert "removed by Kubernetes" in done.reason or "deleted outside mlp" in done.reason
+    assert any(w in done.reason for w in ("by Kubernetes", "deleted outside mlp")), done.reason
 
 
 async def test_watch_expiry_relists_without_missing_a_deletion(kube: Harness, k8s: Cluster,
