@@ -350,9 +350,6 @@ class KubernetesBackend(JobBackend):
                 code = exit_code(pod)
                 if code is None:
                     obs.lost = failed_without_exit(t, pod)
-                        else f"pod {t['pod']} (task {t['name']}) failed on node {node}: "
-                        f"{st.get('reason', 'no reason given')}: {st.get('message', '')}"
-                    )
                 else:
                     status.exit_code = code
                     if code > 128:
