@@ -39,10 +39,10 @@ from mlp.backends.k8s_objects import (
     JobObjects,
     PodSettings,
     exit_code,
+    failed_without_exit,
     job_selector,
     pending_reason,
     pod_manifest,
-    failed_without_exit,
     why_gone,
 )
 
