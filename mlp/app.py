@@ -217,9 +217,9 @@ class MLPService(Application):
         # A Type trait holds a concrete subclass of the abstract JobBackend (traitlets checks).
         make_backend: Any = self.backend_class
         self.backend: JobBackend = make_backend(parent=self, log=self.log)
+        if self.backend.has_trait("data_dir") and not getattr(self.backend, "data_dir", ""):
+            self.backend.data_dir = self.data_dir
         if isinstance(self.backend, LocalProcessBackend):
-            if not self.backend.data_dir:
-                self.backend.data_dir = self.data_dir
             self.backend.isolation = self.isolation
         runtimes = {
             name: [cmd] if isinstance(cmd, str) else list(cmd)

@@ -135,8 +135,13 @@ def platform_data_dir(tmp: Path) -> Path:
     return base / "data"
 
 
-def start_hub(tmp: Path, extra_service_args: list[str], extra_service_config: str = "",
-              extra_hub_config: str = "") -> Hub:
+def start_hub(
+    tmp: Path,
+    extra_service_args: list[str],
+    extra_service_config: str = "",
+    extra_hub_config: str = "",
+    extra_env: dict[str, str] | None = None,
+) -> Hub:
     data_dir = platform_data_dir(tmp)
     # A prefix of its own for the system accounts of this hub (removed by stop_hub), so test
     # runs never meet accounts of an earlier run.
@@ -185,6 +190,7 @@ for s in c.JupyterHub.services:
         PATH=f"{REPO / 'node_modules' / '.bin'}{os.pathsep}{Path(sys.executable).parent}"
         f"{os.pathsep}{env.get('PATH', '')}",
     )
+    env.update(extra_env or {})
     env.pop("JUPYTERHUB_API_TOKEN", None)
     log_path = tmp / "hub.log"
     proc = subprocess.Popen(

@@ -63,6 +63,9 @@ class Observation:
 
     tasks: list[TaskStatus] = field(default_factory=list)
     lost: str | None = None  # set when the backend cannot find the job's tasks any more
+    # Set when the backend gives the attempt up without fault of the job (e.g. a cluster that
+    # could not place the whole gang in time): the manager releases its quota and requeues it.
+    requeue: str | None = None
 
 
 class SetupError(RuntimeError):
@@ -90,12 +93,10 @@ class JobBackend(LoggingConfigurable, metaclass=_BackendMeta):
     )
 
     @abstractmethod
-    async def submit(self, launch: JobLaunch) -> dict[str, Any]:
-        ...
+    async def submit(self, launch: JobLaunch) -> dict[str, Any]: ...
 
     @abstractmethod
-    def observe_job(self, job_id: int, backend_state: dict[str, Any]) -> Observation:
-        ...
+    def observe_job(self, job_id: int, backend_state: dict[str, Any]) -> Observation: ...
 
     @abstractmethod
     async def stop(

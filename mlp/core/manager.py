@@ -437,6 +437,14 @@ class JobManager:
 
     def _check(self, job: Job) -> None:
         obs = self.observe(job)
+        if obs.lost:
+            self._busy.add(job.id)
+            self._spawn(self._finish(job, JobState.FAILED, obs.lost))
+            return
+        if obs.requeue:
+            self._busy.add(job.id)
+            self._spawn(self._preempt(job, obs.requeue, requeued=True))
+            return
         if not obs.tasks:
             return
         has_ps = any(t.type == "ps" for t in obs.tasks)
@@ -546,8 +554,9 @@ class JobManager:
             self._busy.add(job.id)
             self._spawn(self._preempt(job, p.reason))
 
-    async def _preempt(self, job: Job, reason: str) -> None:
-        """Stop a job whose borrowed quota was reclaimed, then queue it again."""
+    async def _preempt(self, job: Job, reason: str, requeued: bool = False) -> None:
+        """Stop a job whose borrowed quota was reclaimed (or that the backend gave up, with
+        `requeued`), then queue it again."""
         self._busy.add(job.id)
         try:
             current = self.get(job.id)
@@ -560,14 +569,18 @@ class JobManager:
                 return
             if current.backend_state and current.job_state.active:
                 await self.backend.stop(job.id, current.backend_state)
-            current = self._transition(current, JobState.PREEMPTED, f"preempted: {reason}")
+            current = self._transition(
+                current, JobState.PREEMPTED, reason if requeued else f"preempted: {reason}"
+            )
             if current.job_state != JobState.PREEMPTED:
                 return
             attempt = current.attempt + 1
             current = self._transition(
                 current,
                 JobState.QUEUED,
-                f"requeued after preemption (attempt {attempt})",
+                f"requeued: {reason} (attempt {attempt})"
+                if requeued
+                else f"requeued after preemption (attempt {attempt})",
                 attempt=attempt,
                 started_at=None,
                 backend_state=None,

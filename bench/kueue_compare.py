@@ -1,0 +1,373 @@
+"""Our scheduler beside Kueue v0.17.0 on the same test control plane (etcd, kube-apiserver,
+controller-manager, scheduler, kwok nodes), with the shape of Kueue's scheduler-regression
+benchmark (test/performance/scheduler/configs/baseline/generator.yaml), scaled down:
+
+- cohorts of ClusterQueues (ours: quota groups in cohorts), nominal quota 20 cpu each;
+- per queue, three workload sets arriving at fixed intervals: small (1 cpu, 200 ms, priority 50,
+  every 100 ms), medium (5 cpu, 500 ms, priority 100, every 500 ms), large (20 cpu, 1 s,
+  priority 200, every 1.2 s); `--scale` multiplies Kueue's counts (350, 100, 50 per queue).
+
+Both sides run every workload as a pod on kwok nodes that ends after its runtime (a kwok stage,
+tests/k8scluster.py), so both pay the same API server and scheduler costs: Kueue as a suspended
+batch/v1 Job with the queue-name label (Kueue's webhooks cannot be reached without kube-proxy,
+so Jobs are created suspended, as its docs allow), ours through JobManager + KubernetesBackend.
+
+Reports, medians of alternated runs: admissions/s, time to admit the last workload, utilisation
+(admitted cpu-seconds / (total nominal quota x makespan)), fairness (Jain's index of the queues'
+admitted cpu-seconds over their demand), mean time to admission per class.
+
+Needs `scripts/k8s-build.sh --with-kueue`. Usage: .venv/bin/python bench/kueue_compare.py
+[--scale 0.04] [--cohorts 2] [--queues 3] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "k8s")]
+
+from k8scluster import Cluster, NodeShape, free_port, start_cluster  # noqa: E402
+
+CLASSES = [  # name, cpu, runtime ms, priority, count per queue (Kueue's), interval ms
+    ("small", 1, 200, 50, 350, 100),
+    ("medium", 5, 500, 100, 100, 500),
+    ("large", 20, 1000, 200, 50, 1200),
+]
+NOMINAL = 20
+
+
+@dataclass
+class Workload:
+    queue: str
+    cls: str
+    cpu: int
+    runtime_ms: int
+    priority: int
+    offset: float  # seconds after the start
+    created: float = 0.0
+    admitted: float | None = None
+    finished: float | None = None
+
+
+@dataclass
+class Result:
+    name: str
+    workloads: list[Workload] = field(default_factory=list)
+    start: float = 0.0
+
+    def metrics(self, queues: list[str]) -> dict[str, float]:
+        adm = [w for w in self.workloads if w.admitted is not None]
+        last = max(w.admitted for w in adm) - self.start if adm else float("nan")
+        end = max((w.finished or w.admitted or 0) for w in adm) - self.start if adm else 1.0
+        used = sum(w.cpu * w.runtime_ms / 1000 for w in adm)
+        capacity = NOMINAL * len(queues) * max(end, 1e-9)
+        shares = []
+        for q in queues:
+            demand = sum(w.cpu * w.runtime_ms for w in self.workloads if w.queue == q)
+            got = sum(w.cpu * w.runtime_ms for w in adm if w.queue == q)
+            shares.append(got / demand if demand else 1.0)
+        jain = sum(shares) ** 2 / (len(shares) * sum(s * s for s in shares)) if shares else 1.0
+        out = {
+            "admitted": len(adm),
+            "admissions_per_s": len(adm) / last if last > 0 else float("nan"),
+            "last_admitted_s": last,
+            "utilisation": used / capacity,
+            "fairness": jain,
+        }
+        for cls, *_ in CLASSES:
+            waits = [w.admitted - w.created for w in adm if w.cls == cls]
+            out[f"wait_{cls}_s"] = statistics.mean(waits) if waits else float("nan")
+        return out
+
+
+def plan(cohorts: int, queues: int, scale: float) -> tuple[list[str], list[Workload]]:
+    names = [f"c{c}-q{q}" for c in range(cohorts) for q in range(queues)]
+    loads = []
+    for name in names:
+        for cls, cpu, run, prio, count, interval in CLASSES:
+            for i in range(max(1, round(count * scale))):
+                loads.append(Workload(name, cls, cpu, run, prio, i * interval / 1000))
+    loads.sort(key=lambda w: w.offset)
+    return names, loads
+
+
+def sim_env(run_ms: int) -> dict[str, str]:
+    return {"SIM_WORKER_EXIT": "0", "SIM_WORKER_RUN": f"{run_ms}ms"}
+
+
+# ----------------------------------------------------------------------------- ours
+async def run_ours(k8s: Cluster, queues: list[str], loads: list[Workload], ns: str,
+                   tmp: Path) -> Result:
+    from mlp.backends.kubernetes import KubernetesBackend
+    from mlp.core.manager import JobManager, ManagerSettings
+    from mlp.core.quota import QuotaService
+    from mlp.core.spec import TaskSpec
+    from mlp.scheduling import QuotaConfig, ScorePolicy
+    from mlp.store import Store
+
+    k8s.request("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
+    groups = {q: {"cohort": q.split("-")[0], "limits": {"default": {
+        "cpu": NOMINAL, "memory": "1Ti"}}} for q in queues}
+    total = NOMINAL * len(queues)
+    config = QuotaConfig(pools={"default": {"capacity": {"cpu": total, "memory": "64Ti"}}},
+                         groups=groups, default_group=queues[0])
+    store = Store(f"sqlite:///{tmp / 'mlp.sqlite'}")
+    backend = KubernetesBackend(kubeconfig=str(k8s.kubeconfig), namespace=ns,
+                                stop_grace_period=0.0, data_dir=str(tmp), image="none")
+    result = Result("mlp")
+    by_id: dict[int, Workload] = {}
+    original_submit = backend.submit
+
+    async def submit(launch: Any) -> dict[str, Any]:
+        by_id[launch.job_id].admitted = time.monotonic()
+        return await original_submit(launch)
+
+    backend.submit = submit  # type: ignore[method-assign]
+    settings = ManagerSettings(runtimes={"default": ["python3"]}, default_runtime="default",
+                               poll_interval=0.05, default_task=TaskSpec(1, 1.0, 2**20, 0),
+                               default_max_runtime=3600.0, max_runtime_limit=None)
+    m = JobManager(store, backend, settings, QuotaService(store, config, ScorePolicy()))
+    m.start()
+    result.start = time.monotonic()
+    pending = set()
+    try:
+        for w in loads:
+            delay = result.start + w.offset - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            w.created = time.monotonic()
+            job = m.submit("bench", {
+                "name": f"{w.cls}", "group": w.queue, "priority": w.priority // 2,  # ours -100..100
+                "source": {"inline": "pass"}, "env": sim_env(w.runtime_ms),
+                "tasks": {"worker": {"count": 1, "cpu": w.cpu, "memory": "1Mi"}},
+            }, hub_groups=queues)
+            by_id[job.id] = w
+            pending.add(job.id)
+            m.kick()
+        deadline = time.monotonic() + 600
+        while pending and time.monotonic() < deadline:
+            for jid in list(pending):
+                if m.get(jid).job_state.terminal:
+                    by_id[jid].finished = time.monotonic()
+                    pending.discard(jid)
+            await asyncio.sleep(0.05)
+    finally:
+        await m.stop()
+        await backend.close()
+    result.workloads = loads
+    return result
+
+
+# ----------------------------------------------------------------------------- Kueue
+def kueue_dir() -> Path:
+    out = subprocess.run([str(REPO / "scripts" / "k8s-build.sh"), "--print-bindir"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    return Path(out).parent / "kueue-v0.17.0"
+
+
+def start_kueue(k8s: Cluster, run: Path) -> subprocess.Popen[bytes]:
+    import yaml
+
+    kdir = kueue_dir()
+    if not (kdir / "kueue").exists():
+        raise SystemExit(f"Kueue is not built in {kdir}: run scripts/k8s-build.sh --with-kueue")
+    k8s.request("POST", "/api/v1/namespaces", {"metadata": {"name": "kueue-system"}})
+    for f in sorted((kdir / "crds").glob("*.yaml")):
+        crd = yaml.safe_load(f.read_text())
+        k8s.apply("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+    for f in sorted((kdir / "crds").glob("*.yaml")):
+        name = yaml.safe_load(f.read_text())["metadata"]["name"]
+        k8s.wait_for(lambda n=name: any(
+            c["type"] == "Established" and c["status"] == "True" for c in k8s.request(
+                "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{n}")
+            .get("status", {}).get("conditions", [])), f"CRD {name}")
+    # Kueue's webhook server needs a serving certificate; its cert controller would write one
+    # into a Secret that a kubelet then mounts. Outside a cluster we make it ourselves.
+    certs = run / "kueue-certs"
+    certs.mkdir(parents=True)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(certs / "tls.key"), "-out", str(certs / "tls.crt")],
+                   check=True, capture_output=True)
+    # With its cert controller off, Kueue v0.17.0 reads its metrics certificate from a fixed
+    # path (cmd/kueue/main.go); give it the same self-signed pair there.
+    metrics = Path("/etc/kueue/metrics/certs")
+    metrics.mkdir(parents=True, exist_ok=True)
+    for name in ("tls.crt", "tls.key"):
+        (metrics / name).write_bytes((certs / name).read_bytes())
+    health, webhook = free_port(), free_port()
+    config = {
+        "apiVersion": "config.kueue.x-k8s.io/v1beta2", "kind": "Configuration",
+        "namespace": "kueue-system",
+        "health": {"healthProbeBindAddress": f"127.0.0.1:{health}"},
+        "metrics": {"bindAddress": "0"},
+        "webhook": {"port": webhook, "host": "127.0.0.1", "certDir": str(certs)},
+        "leaderElection": {"leaderElect": False},
+        "internalCertManagement": {"enable": False},
+        "integrations": {"frameworks": ["batch/job"]},
+    }
+    (run / "kueue.yaml").write_text(yaml.safe_dump(config))
+    log = open(k8s.run_dir / "logs" / "kueue.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(kdir / "kueue"), f"--config={run / 'kueue.yaml'}",
+         "--feature-gates=VisibilityOnDemand=false"],
+        env={**os.environ, "KUBECONFIG": str(k8s.kubeconfig)}, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True)
+    k8s.procs["kueue"] = proc  # stopped with the cluster
+    k8s.wait_for(lambda: _ok(f"http://127.0.0.1:{health}/readyz"), "kueue /readyz", "kueue",
+                 timeout=120)
+    return proc
+
+
+def _ok(url: str) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=2) as r:
+        return bool(r.status == 200)
+
+
+async def run_kueue(k8s: Cluster, queues: list[str], loads: list[Workload], ns: str) -> Result:
+    api = "/apis/kueue.x-k8s.io/v1beta2"
+    k8s.request("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
+    k8s.apply(f"{api}/resourceflavors", {"apiVersion": "kueue.x-k8s.io/v1beta2",
+              "kind": "ResourceFlavor", "metadata": {"name": "default"}})
+    for cls, _cpu, _run, prio, _n, _i in CLASSES:
+        k8s.apply(f"{api}/workloadpriorityclasses", {
+            "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "WorkloadPriorityClass",
+            "metadata": {"name": cls}, "value": prio})
+    for q in queues:
+        k8s.apply(f"{api}/clusterqueues", {
+            "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue",
+            "metadata": {"name": f"{ns}-{q}"},
+            "spec": {"cohortName": f"{ns}-{q.split('-')[0]}", "namespaceSelector": {},
+                     "preemption": {"reclaimWithinCohort": "Any",
+                                    "withinClusterQueue": "LowerPriority"},
+                     "resourceGroups": [{"coveredResources": ["cpu"], "flavors": [{
+                         "name": "default", "resources": [{
+                             "name": "cpu", "nominalQuota": NOMINAL,
+                             "borrowingLimit": 100}]}]}]}})
+        k8s.apply(f"{api}/namespaces/{ns}/localqueues", {
+            "apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue",
+            "metadata": {"name": q, "namespace": ns},
+            "spec": {"clusterQueue": f"{ns}-{q}"}})
+    result = Result("kueue")
+    by_name: dict[str, Workload] = {}
+    stop = asyncio.Event()
+    watcher = asyncio.get_running_loop().run_in_executor(
+        None, _watch_jobs, k8s, ns, by_name, len(loads), stop)
+    result.start = time.monotonic()
+    for i, w in enumerate(loads):
+        delay = result.start + w.offset - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        name = f"{w.cls}-{i}"
+        by_name[name] = w
+        w.created = time.monotonic()
+        await asyncio.to_thread(k8s.request, "POST", f"/apis/batch/v1/namespaces/{ns}/jobs", {
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "labels": {"kueue.x-k8s.io/queue-name": w.queue,
+                                                  "kueue.x-k8s.io/priority-class": w.cls}},
+            "spec": {"suspend": True, "backoffLimit": 0, "template": {
+                "metadata": {"labels": {"mlp.jupyter.org/task-type": "worker"}},
+                "spec": {"restartPolicy": "Never", "containers": [{
+                    "name": "task", "image": "none",
+                    "env": [{"name": k, "value": v} for k, v in sim_env(w.runtime_ms).items()],
+                    "resources": {"requests": {"cpu": str(w.cpu)},
+                                  "limits": {"cpu": str(w.cpu)}}}]}}}})
+    try:
+        await asyncio.wait_for(watcher, 600)
+    finally:
+        stop.set()
+    result.workloads = loads
+    return result
+
+
+def _watch_jobs(k8s: Cluster, ns: str, by_name: dict[str, Workload], total: int,
+                stop: asyncio.Event) -> None:
+    """Admission = Kueue unsuspends the Job; finished = the Job completes."""
+    import urllib.request
+
+    done = 0
+    rv = ""
+    while done < total and not stop.is_set():
+        url = (f"{k8s.server}/apis/batch/v1/namespaces/{ns}/jobs?watch=1&timeoutSeconds=60"
+               + (f"&resourceVersion={rv}" if rv else ""))
+        with urllib.request.urlopen(urllib.request.Request(url), context=k8s._ssl(),
+                                    timeout=90) as r:
+            for line in r:
+                ev = json.loads(line)
+                obj = ev["object"]
+                rv = obj["metadata"].get("resourceVersion", rv)
+                w = by_name.get(obj["metadata"]["name"])
+                if w is None:
+                    continue
+                now = time.monotonic()
+                if w.admitted is None and obj["spec"].get("suspend") is False:
+                    w.admitted = now
+                if w.finished is None and obj.get("status", {}).get("succeeded"):
+                    w.finished = now
+                    done += 1
+                    if done >= total:
+                        return
+
+
+# ----------------------------------------------------------------------------- main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", type=float, default=0.04)
+    ap.add_argument("--cohorts", type=int, default=2)
+    ap.add_argument("--queues", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    queues, _ = plan(args.cohorts, args.queues, args.scale)
+    total_cpu = NOMINAL * len(queues)
+    nodes = {f"node-{i}": NodeShape(cpu="64", memory="256Gi", pods=500)
+             for i in range(max(1, total_cpu // 64 + 1))}
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.monotonic()
+        k8s = start_cluster(Path(tmp) / "k8s", nodes)
+        try:
+            print(f"cluster ready in {time.monotonic() - t0:.1f} s; starting Kueue", flush=True)
+            start_kueue(k8s, Path(tmp))
+            rows: dict[str, list[dict[str, float]]] = {"mlp": [], "kueue": []}
+            for run in range(args.runs):
+                for side in ("mlp", "kueue") if run % 2 == 0 else ("kueue", "mlp"):
+                    names, loads = plan(args.cohorts, args.queues, args.scale)
+                    ns = f"{side}-{run}"
+                    if side == "mlp":
+                        work = Path(tmp) / ns
+                        work.mkdir()
+                        res = asyncio.run(run_ours(k8s, names, loads, ns, work))
+                    else:
+                        res = asyncio.run(run_kueue(k8s, names, loads, ns))
+                    rows[side].append(res.metrics(names))
+                    print(f"run {run} {side}: {json.dumps(rows[side][-1])}", flush=True)
+        finally:
+            k8s.stop()
+    n = len(plan(args.cohorts, args.queues, args.scale)[1])
+    print(f"\n{len(queues)} queues in {args.cohorts} cohorts, {n} workloads per run, "
+          f"medians of {args.runs} alternated runs")
+    keys = ["admissions_per_s", "last_admitted_s", "utilisation", "fairness",
+            "wait_small_s", "wait_medium_s", "wait_large_s"]
+    print(f"| {'metric':18} | {'mlp':>9} | {'Kueue':>9} | {'mlp/Kueue':>9} |")
+    print(f"|{'-' * 20}|{'-' * 11}|{'-' * 11}|{'-' * 11}|")
+    for k in keys:
+        a = statistics.median(r[k] for r in rows["mlp"])
+        b = statistics.median(r[k] for r in rows["kueue"])
+        print(f"| {k:18} | {a:9.3f} | {b:9.3f} | {a / b if b else float('nan'):9.2f} |")
+
+
+if __name__ == "__main__":
+    main()
