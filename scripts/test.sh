@@ -8,6 +8,8 @@ echo "test: ruff"
 .venv/bin/ruff check .
 echo "test: mypy"
 .venv/bin/mypy
+echo "test: panel unit tests (vitest)"
+npm --prefix labextension test --silent
 echo "test: pytest"
 export PATH="$PWD/node_modules/.bin:$PWD/.venv/bin:$PATH"
 set +e

@@ -85,7 +85,7 @@ export class MLPPanel extends Widget {
     this.showTab('jobs');
     this.poll = new Poll({
       factory: () => this.refresh(),
-      frequency: { interval: 2000, backoff: true, max: 30000 },
+      frequency: { interval: 2000, backoff: true, max: 10000 },
       standby: () => !this.isVisible || document.visibilityState === 'hidden',
       name: 'mlp:panel'
     });
@@ -113,6 +113,7 @@ export class MLPPanel extends Widget {
 
   /** One poll: jobs and quota; rejects on errors so the Poll backs off (and shows why). */
   async refresh(): Promise<void> {
+    const t0 = performance.now();
     try {
       const [jobs, quota] = await Promise.all([
         requestAPI<{ jobs: IJob[] }>('jobs?limit=5000'),
@@ -126,6 +127,7 @@ export class MLPPanel extends Widget {
       this.setJobs(jobs.jobs);
       this.renderQuota();
       this.renderStatus();
+      this.scroller.dataset.refreshMs = (performance.now() - t0).toFixed(1);
     } catch (e) {
       this.error = describeError(e);
       this.renderStatus();
