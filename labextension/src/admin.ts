@@ -123,7 +123,7 @@ export class AdminView {
           h(
             'tr',
             { 'data-job-id': q.id },
-            h('td', {}, q.position === null ? '–' : `#${q.position}`),
+            h('td', {}, q.position === null ? '–' : `#${q.position + 1}`),
             h('td', {}, `${q.user}/${q.name} #${q.id}`),
             h('td', {}, (q.blocking || []).map((b: any) => b.reason).join('; '))
           )

@@ -157,7 +157,7 @@ export function jobRow(job: IJob, now: number): IJobRow {
     batch: job.batch || '',
     state: job.state,
     reason,
-    position: job.state === 'Queued' && queue && queue.position !== null ? `#${queue.position}` : '',
+    position: job.state === 'Queued' && queue && queue.position !== null ? `#${queue.position + 1}` : '',
     started: started === null ? '' : new Date(started).toLocaleTimeString(),
     duration: jobDuration(job, now),
     cancellable: !isTerminal(job.state)

@@ -52,7 +52,7 @@ describe('jobs', () => {
       }),
       Date.now()
     );
-    expect(row.position).toBe('#2');
+    expect(row.position).toBe('#3'); // the service counts from 0 (next)
     expect(row.reason).toBe('group default: cpu 70 of 64 requested; pool default full');
     expect(row.cancellable).toBe(true);
   });

@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -123,6 +122,12 @@ def open_lab(hub: Hub, browser: Any, user: str) -> Lab:
 
 @pytest.fixture(scope="module")
 def alice_lab(bhub: Hub, browser: Any) -> Lab:
+    spawn(bhub, "alice")
+    # A training script in her folder, for the file browser's "Train on the platform…".
+    r = requests.put(f"{bhub.url}/user/alice/api/contents/train_mnist.py",
+                     headers={"Authorization": f"token {bhub.user_token('alice')}"}, timeout=30,
+                     json={"type": "file", "format": "text", "content": SHORT})
+    assert r.status_code in (200, 201), r.text
     return open_lab(bhub, browser, "alice")
 
 
@@ -197,19 +202,11 @@ def test_cancel_asks_first_then_cancels(alice_lab: Lab, api: Api):
     assert "alice" in api("GET", f"/jobs/{job['id']}").json()["reason"]
 
 
-def test_form_validates_both_sides_and_submits_a_file_that_succeeds(
-    alice_lab: Lab, api: Api, bhub: Hub
-):
+def test_form_validates_both_sides_and_submits_a_file_that_succeeds(alice_lab: Lab, api: Api):
     from playwright.sync_api import expect
 
     page = alice_lab.page
-    token = bhub.user_token("alice")
-    r = requests.put(f"{bhub.url}/user/alice/api/contents/train_mnist.py",
-                     headers={"Authorization": f"token {token}"}, timeout=30,
-                     json={"type": "file", "format": "text", "content": SHORT})
-    assert r.status_code in (200, 201), r.text
     page.locator(".jp-SideBar [data-id='filebrowser']").click()
-    page.locator(".jp-FileBrowser-toolbar button[title*='Refresh' i]").first.click()
     page.locator(".jp-DirListing-item", has_text="train_mnist.py").click(button="right")
     page.locator(".lm-Menu-item", has_text="Train on the platform…").click()
     form = alice_lab.panel("[data-testid=mlp-form]")

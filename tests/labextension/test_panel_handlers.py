@@ -1,19 +1,49 @@
 """The panel's server-extension handlers (a real Jupyter server) against the session's real hub +
 mlp service: calls are forwarded with the server's token and the service's answers, errors
-included, come back unchanged; an absent or unconfigured service gives a reason."""
+included, come back unchanged; an absent or unconfigured service gives a reason.
+
+pytest-jupyter's fixtures are imported here, not registered as a plugin: its autouse event loop
+and its coroutine-test hooks would otherwise apply to the whole suite (pytest-asyncio runs the
+other async tests). The tests are plain functions; `fetch` runs `jp_fetch` on the server's loop.
+"""
 
 from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from pytest_jupyter.jupyter_server import *  # noqa: F403 (the jp_* fixtures)
 
 pytestmark = pytest.mark.integration
 
 SHORT = "import time\nfor i in range(3):\n    print('line', i, flush=True)\n    time.sleep(0.1)\n"
 SLEEPY = "import time\nprint('sleeping', flush=True)\ntime.sleep(120)\n"
+
+
+@pytest.fixture
+def jp_server_config() -> dict[str, Any]:
+    return {"ServerApp": {"jpserver_extensions": {"mlp_magics.serverext": True}}}
+
+
+@pytest.fixture
+def panel_config(jp_serverapp: Any, hub: Any) -> Any:
+    """The extension's MLPPanelConfig, pointed at the session's service with alice's token."""
+    config = jp_serverapp.web_app.settings["mlp_panel_config"]
+    config.service_url = hub.service_url
+    config.token = hub.user_token("alice")
+    config.request_timeout = 10.0
+    return config
+
+
+@pytest.fixture
+def fetch(jp_fetch: Any, jp_asyncio_loop: Any) -> Callable[..., Any]:
+    def run(*parts: str, **kw: Any) -> Any:
+        return jp_asyncio_loop.run_until_complete(jp_fetch(*parts, **kw))
+
+    return run
 
 
 def call(fetch: Any, method: str, path: str, body: Any = None, **kw: Any) -> Any:
