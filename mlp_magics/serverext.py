@@ -78,7 +78,7 @@ def _error(status: int, error: str, message: str) -> tuple[int, bytes]:
 class _PanelHandler(APIHandler):
     @property
     def panel(self) -> MLPPanelConfig:
-        return self.settings["mlp_panel_config"]  # type: ignore[no-any-return]
+        return self.settings["mlp_panel_config"]
 
     def not_configured(self) -> str | None:
         if not self.panel.service_url:

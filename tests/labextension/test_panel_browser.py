@@ -82,7 +82,9 @@ def bhub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
 
 @pytest.fixture(scope="module")
 def browser(bhub: Hub) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=60_000)  # a loaded shared machine: waits end on the event
 
     if ARTIFACTS.exists():
         shutil.rmtree(ARTIFACTS)
