@@ -255,7 +255,9 @@ def test_admin_grants_an_expansion_and_the_queued_job_starts(
 
     first = api.submit({"name": "holder", "source": {"inline": SLEEPY}, "tasks": cpu(1.5)})
     api.wait(first["id"], {"Running"})
-    waiting = api.submit({"name": "waiting", "source": {"inline": SLEEPY}, "tasks": cpu(1.5)})
+    # A job is admitted on an expansion only if its declared run time ends before the expiry.
+    waiting = api.submit({"name": "waiting", "source": {"inline": SLEEPY}, "tasks": cpu(1.5),
+                          "max_runtime": "5m"})
     row = alice_lab.row(waiting["id"])
     expect(row).to_have_attribute("data-state", "Queued")
     reason = api("GET", f"/jobs/{waiting['id']}").json()["queue"]["blocking"][0]["reason"]
@@ -268,7 +270,7 @@ def test_admin_grants_an_expansion_and_the_queued_job_starts(
         f"alice/waiting #{waiting['id']}")
     grant = admin.locator("[data-testid=mlp-grant-form]")
     grant.locator("[data-field=cpu]").fill("2")
-    grant.locator("[data-field=duration]").fill("10m")
+    grant.locator("[data-field=duration]").fill("1h")
     grant.get_by_role("button", name="Grant").click()  # no reason: the service refuses
     message = admin.locator("[data-testid=mlp-admin-message]")
     expect(message).to_contain_text("reason: say why the expansion is granted")
