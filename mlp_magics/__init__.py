@@ -16,6 +16,11 @@ from mlp_magics.report import keras_callback, params, report
 __all__ = ["keras_callback", "load_ipython_extension", "params", "report"]
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """The prebuilt JupyterLab panel (`jupyter labextension develop mlp_magics` links it)."""
+    return [{"src": "labextension", "dest": "jupyterhub-mlp"}]
+
+
 def load_ipython_extension(ipython: Any) -> None:
     from mlp_magics.magics import load_ipython_extension as load
 

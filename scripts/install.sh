@@ -18,6 +18,14 @@ if [ ! -x .venv/bin/python ]; then
   echo "install: creating .venv"
   "$PYTHON" -m venv .venv
 fi
+# The JupyterLab panel is built from labextension/ (npm) by the package's build hook when its
+# built copy (mlp_magics/labextension) is missing; a changed source makes it stale: rebuild it.
+panel=mlp_magics/labextension/package.json
+if [ -f "$panel" ] && [ -n "$(find labextension/src labextension/style labextension/package.json \
+    labextension/package-lock.json -newer "$panel" -print -quit)" ]; then
+  echo "install: the panel's sources changed; rebuilding it"
+  rm -rf mlp_magics/labextension
+fi
 echo "install: Python packages (the first run downloads TensorFlow, ~1-2 min)"
 .venv/bin/python -m pip install --quiet --upgrade pip
 # Not quiet: pip's "Collecting ..." lines are the progress of the long first install.
@@ -25,6 +33,23 @@ if [ -n "$extras" ]; then
   .venv/bin/python -m pip install --progress-bar off -e ".[$extras]"
 else
   .venv/bin/python -m pip install --progress-bar off -e .
+fi
+# Editable install: the lab loads the panel from this checkout (a link), so `npm run build` in
+# labextension/ is seen after a reload.
+.venv/bin/jupyter-builder develop --overwrite mlp_magics >/dev/null
+if [[ ",$extras," == *",test,"* ]]; then
+  # The browser tests drive Debian's Chromium through Playwright (never Playwright's own builds).
+  if [ ! -x /usr/bin/chromium ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "install: chromium (apt) for the browser tests"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+    else
+      echo "install: warning: /usr/bin/chromium is missing; the browser tests will fail until" \
+        "it is installed (as root: apt-get install chromium)" >&2
+    fi
+  fi
+  [ -d labextension/node_modules ] || npm --prefix labextension ci --no-audit --no-fund --loglevel=error
 fi
 echo "install: configurable-http-proxy (npm)"
 npm install --no-audit --no-fund --loglevel=error

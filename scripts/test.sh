@@ -8,6 +8,8 @@ echo "test: ruff"
 .venv/bin/ruff check .
 echo "test: mypy"
 .venv/bin/mypy
+echo "test: panel unit tests (vitest)"
+npm --prefix labextension test --silent
 echo "test: Kubernetes test control plane (built once into a cache; the first build takes ~15-20 min)"
 scripts/k8s-build.sh
 echo "test: pytest"
