@@ -75,14 +75,14 @@ class Api:
         r = self("POST", "/jobs", json=spec)
         if r.status_code != 201:
             raise RuntimeError(f"POST /jobs answered {r.status_code}: {r.text}")
-        return r.json()  # type: ignore[no-any-return]
+        return r.json()
 
     def wait(self, job_id: int, states: set[str], timeout: float = 120.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             job = self("GET", f"/jobs/{job_id}").json()
             if job["state"] in states:
-                return job  # type: ignore[no-any-return]
+                return job
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"job {job_id} is {job['state']} ({job['reason']}) after "
