@@ -1,8 +1,8 @@
 """A real JupyterHub + proxy + mlp service on free loopback ports, for the test suite and the
 benchmarks (bench/submit_latency.py): `start_hub`, `stop_hub`, REST calls as a user (`Api`).
 
-Runs from a source checkout (it loads the repository's hub_config/jupyterhub_config.py) with
-the proxy from the repository's node_modules (scripts/install.sh installs it).
+Runs from a source checkout (it loads the repository's
+hub_config/mlp_hub_config/jupyterhub_config.py) with the proxy from the repository's node_modules (scripts/install.sh installs it).
 """
 
 from __future__ import annotations
