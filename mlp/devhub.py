@@ -2,7 +2,8 @@
 benchmarks (bench/submit_latency.py): `start_hub`, `stop_hub`, REST calls as a user (`Api`).
 
 Runs from a source checkout (it loads the repository's
-hub_config/mlp_hub_config/jupyterhub_config.py) with the proxy from the repository's node_modules (scripts/install.sh installs it).
+hub_config/mlp_hub_config/jupyterhub_config.py) with the proxy from the repository's
+node_modules (scripts/install.sh installs it).
 """
 
 from __future__ import annotations
