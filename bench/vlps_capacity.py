@@ -5,8 +5,9 @@ measurements on this machine.
 Measured here (one process): a table of `--ids` rows (3 shards pre-sized to ids/3, filled by
 pushes of 65,536 ids) is saved as a full vlps checkpoint (twice; the second is timed); the
 files' bytes per row and the write throughput (bytes/s, one process writing its shards one
-after another) are measured at dim 16 and dim 64. Resident bytes per id come from bench/vlps_memory.py (pass them with
---bytes-per-id, measured at 10^7 ids and at the largest size this machine holds).
+after another) are measured at dim 16 and dim 64. Resident bytes per id come from
+bench/vlps_memory.py (pass them with --bytes-per-id, measured at 10^7 ids and at the largest
+size this machine holds).
 
 Assumptions (stated in the table's header): a ps task holds its shards pre-sized (load
 ~0.6-0.8 of power-of-two buckets, as measured), plus `--headroom` of its memory free for push
