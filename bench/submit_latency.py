@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -118,6 +119,7 @@ def main() -> None:
                 baseline.append(run_baseline(i))
     finally:
         stop_hub(hub)
+        shutil.rmtree(tmp, ignore_errors=True)
 
     rows = [("bare Popen of the 4 processes, same env/cwd/python (baseline)", baseline),
             ("POST /jobs -> 4 task processes running", platform)]

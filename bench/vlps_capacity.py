@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -48,12 +49,16 @@ def measure_checkpoint(n: int, dim: int) -> tuple[float, float]:
     for i in range(0, n, 65_536):
         m = min(n, i + 65_536) - i
         push(tf.range(i, i + m, dtype=tf.int64), g[:m])
-    checkpoint.save(tempfile.mkdtemp(prefix="vlps-cap-"), 1, [table], {})  # traces the save
-    root = tempfile.mkdtemp(prefix="vlps-cap-")
-    t0 = time.perf_counter()
-    path = checkpoint.save(root, 1, [table], {}, incremental=False)
-    seconds = time.perf_counter() - t0
-    size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    warm, root = tempfile.mkdtemp(prefix="vlps-cap-"), tempfile.mkdtemp(prefix="vlps-cap-")
+    try:
+        checkpoint.save(warm, 1, [table], {})  # traces the save
+        t0 = time.perf_counter()
+        path = checkpoint.save(root, 1, [table], {}, incremental=False)
+        seconds = time.perf_counter() - t0
+        size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    finally:
+        shutil.rmtree(warm, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
     return size / n, size / seconds
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -47,7 +48,10 @@ def main() -> None:
         me = [sys.executable, vlps_ctr.__file__]
         specs = [("vlps", "one process", [*me, "--case", "vlps", *vlps_ctr.child_args(run)])]
         specs += [(f"cluster{k}", "chief + 2 ps + 1 worker", {"cluster": k}) for k in spes]
-        cases = vlps_ctr.run_cases(run, specs, tmp)
+        try:
+            cases = vlps_ctr.run_cases(run, specs, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         ratios = vlps_ctr.ratio_column(cases, "vlps")
         for c in cases:
             if not isinstance(c, vlps_ctr.Case):

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -407,7 +408,10 @@ def main() -> None:
         ("keras-hashed-small", f"Keras Hashing({small:,})+Embedding, Keras Adagrad",
          keras_case("keras-hashed", small)),
     ]
-    cases = run_cases(args, specs, tmp)
+    try:
+        cases = run_cases(args, specs, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     ratios = ratio_column(cases, "ceiling")
     if args.json:
         with open(args.json, "w") as f:
