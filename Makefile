@@ -1,5 +1,5 @@
 # The README's two commands: `make up` and `make test`.
-.PHONY: up test install
+.PHONY: up test install peers
 
 install:
 	scripts/install.sh
@@ -9,3 +9,7 @@ up: install
 
 test:
 	scripts/test.sh
+
+# Benchmark peers (bench/peers/): each in its own venv inside the repo, git-ignored.
+peers:
+	bench/peers/build.sh

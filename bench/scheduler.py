@@ -6,10 +6,12 @@ and finish in simulated time (event driven, no sleeping) through the real `Ledge
 pass with 10,000 jobs pending (median, p95), utilisation (share of capacity busy) and fairness
 (each group's share of the work vs its share of the quota).
 
-Ratios are given against Kueue's published baseline (15,000 workloads admitted in 351 s, about
-43/s: a fixed figure from Kueue's repository, not measured here) and against a naive scheduler
-measured in the same run (re-scores and re-sorts every pending job each pass and asks the
-ledger about each one).
+The comparison table sets mlp beside a naive scheduler measured in the same run (re-scores and
+re-sorts every pending job each pass and asks the ledger about each one) on the same jobs
+(`--naive-jobs`, the naive one is slow) and the same pending queue. A second table gives mlp at
+`--jobs` beside Kueue's published regression figure (15,000 workloads admitted in 351 s, ~43/s;
+a fixed number from Kueue's repository, end to end on a real cluster, not measured here),
+labelled as published.
 
     .venv/bin/python bench/scheduler.py [--jobs 15000] [--seed 1] [--pending 10000]
 """
@@ -24,7 +26,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -293,6 +295,14 @@ def fairness(shares: dict[str, float], quota_cpu: dict[str, float]) -> tuple[flo
     return max(ratios) / min(ratios), jain
 
 
+def table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for index, row in enumerate(rows):
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |")
+        if index == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
 def p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
@@ -340,91 +350,46 @@ def main(argv: list[str] | None = None) -> int:
         f"max pending {ours.max_pending}, {ours.preempted} preempted by reclaim; "
         f"the whole benchmark took {wall:.1f} s wall\n"
     )
+    n = len(small)
     rows = [
-        ("metric", "mlp", "naive (same run)", "vs naive", "vs Kueue 43/s*", "target", "ok"),
-        (
-            f"admissions/s ({args.jobs} jobs)",
-            f"{ours.rate:,.0f}",
-            "",
-            "",
-            f"{ours.rate / KUEUE_RATE:.0f}x",
-            f">= {TARGET_RATE:,.0f}/s (20x)",
-            "yes" if ours.rate >= TARGET_RATE else "NO",
-        ),
-        (
-            f"admissions/s ({len(small)} jobs)",
-            f"{ours_small.rate:,.0f}",
-            f"{naive_small.rate:,.0f}",
-            f"{ours_small.rate / naive_small.rate:.1f}x",
-            f"{ours_small.rate / KUEUE_RATE:.0f}x",
-            "",
-            "",
-        ),
-        (
-            f"pass at {args.pending} pending, median",
-            f"{statistics.median(ours_pass) * 1e3:.1f} ms",
-            f"{statistics.median(naive_pass) * 1e3:.1f} ms",
-            f"{statistics.median(naive_pass) / statistics.median(ours_pass):.1f}x",
-            "",
-            f"< {TARGET_PASS_MS:.0f} ms",
-            "yes" if statistics.median(ours_pass) * 1e3 < TARGET_PASS_MS else "NO",
-        ),
-        (
-            f"pass at {args.pending} pending, p95",
-            f"{p95(ours_pass) * 1e3:.1f} ms",
-            f"{p95(naive_pass) * 1e3:.1f} ms",
-            f"{p95(naive_pass) / p95(ours_pass):.1f}x",
-            "",
-            f"< {TARGET_PASS_MS:.0f} ms",
-            "yes" if p95(ours_pass) * 1e3 < TARGET_PASS_MS else "NO",
-        ),
-        (
-            "utilisation, whole run",
-            f"{ours.utilisation:.1%}",
-            f"{naive_small.utilisation:.1%}**",
-            "",
-            "",
-            "",
-            "",
-        ),
-        (
-            "utilisation while jobs queued",
-            f"{ours.backlog_utilisation:.1%}",
-            f"{naive_small.backlog_utilisation:.1%}**",
-            "",
-            "",
-            "",
-            "",
-        ),
-        (
-            "fairness: max/min share vs quota",
-            f"{spread:.2f}",
-            f"{naive_spread:.2f}** (mlp {ours_small_spread:.2f})",
-            "",
-            "",
-            "",
-            "",
-        ),
-        (
-            "fairness: Jain's index (1 = fair)",
-            f"{jain:.3f}",
-            f"{naive_jain:.3f}** (mlp {ours_small_jain:.3f})",
-            "",
-            "",
-            "",
-            "",
-        ),
+        ("metric (same jobs in both columns)", "mlp", "naive", "mlp vs naive", "target", "ok"),
+        (f"admissions/s ({n} jobs)", f"{ours_small.rate:,.0f}", f"{naive_small.rate:,.0f}",
+         f"{ours_small.rate / naive_small.rate:.1f}x", "", ""),
+        (f"pass at {args.pending} pending, median",
+         f"{statistics.median(ours_pass) * 1e3:.1f} ms",
+         f"{statistics.median(naive_pass) * 1e3:.1f} ms",
+         f"{statistics.median(naive_pass) / statistics.median(ours_pass):.1f}x faster",
+         f"< {TARGET_PASS_MS:.0f} ms",
+         "yes" if statistics.median(ours_pass) * 1e3 < TARGET_PASS_MS else "NO"),
+        (f"pass at {args.pending} pending, p95", f"{p95(ours_pass) * 1e3:.1f} ms",
+         f"{p95(naive_pass) * 1e3:.1f} ms", f"{p95(naive_pass) / p95(ours_pass):.1f}x faster",
+         f"< {TARGET_PASS_MS:.0f} ms", "yes" if p95(ours_pass) * 1e3 < TARGET_PASS_MS else "NO"),
+        (f"utilisation, whole run ({n} jobs)", f"{ours_small.utilisation:.1%}",
+         f"{naive_small.utilisation:.1%}", "", "", ""),
+        (f"utilisation while jobs queued ({n} jobs)", f"{ours_small.backlog_utilisation:.1%}",
+         f"{naive_small.backlog_utilisation:.1%}", "", "", ""),
+        (f"fairness: max/min share vs quota ({n} jobs)", f"{ours_small_spread:.2f}",
+         f"{naive_spread:.2f}", "", "", ""),
+        (f"fairness: Jain's index, 1 = fair ({n} jobs)", f"{ours_small_jain:.3f}",
+         f"{naive_jain:.3f}", "", "", ""),
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for index, row in enumerate(rows):
-        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |")
-        if index == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    table(rows)
+    print(f"\nAt Kueue's regression size ({args.jobs} jobs), mlp only (measured here), beside "
+          "Kueue's PUBLISHED figure (not measured here; an end-to-end run on a real cluster,\n"
+          "so the two are not a like-for-like comparison):\n")
+    table([
+        ("metric", f"mlp, {args.jobs} jobs (measured)", "Kueue, 15,000 workloads (published)",
+         "target", "ok"),
+        ("admissions/s", f"{ours.rate:,.0f}", f"{KUEUE_RATE:.0f} (15,000 in 351 s)",
+         f">= {TARGET_RATE:,.0f}/s", "yes" if ours.rate >= TARGET_RATE else "NO"),
+        ("utilisation, whole run", f"{ours.utilisation:.1%}", "", "", ""),
+        ("utilisation while jobs queued", f"{ours.backlog_utilisation:.1%}", "", "", ""),
+        ("fairness: max/min share vs quota", f"{spread:.2f}", "", "", ""),
+        ("fairness: Jain's index", f"{jain:.3f}", "", "", ""),
+    ])
     print(
-        "\n* Kueue's scheduler regression baseline (15,000 workloads in 351 s, ~43/s) is a fixed"
-        "\n  published figure, not measured here; admissions/s is admitted jobs per second of"
-        "\n  wall time spent in submit + release + scheduling passes (simulated time excluded)."
-        f"\n** naive columns for utilisation and fairness come from the {len(small)}-job run."
+        "\nadmissions/s is admitted jobs per second of wall time spent in submit + release +"
+        "\nscheduling passes of the in-process simulation (simulated time excluded)."
     )
     return 0
 

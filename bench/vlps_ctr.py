@@ -1,278 +1,376 @@
 """Benchmark: a Wide&Deep CTR model on synthetic Criteo-shaped data (26 Zipf categorical fields
-over a 10^9 id space, 13 numeric), vlps against what users pick instead.
+over a 10^9 id space, 13 numeric), vlps against what users pick instead, as fractions of the
+dense-only ceiling measured in the same run.
 
-Every case trains the same model (deep table dim 16 + wide table dim 1, MLP 256-128-1, Adagrad
-0.05 everywhere) on the same batches 0..steps-1 of `vlps.data.synthetic_ctr(batch, seed=7)`,
-each batch exactly once, and is scored on the same held-out split of the same generating model.
-Each case runs in its own process(es), so peak RSS is per case:
+Same work, same loop: every case trains the same model (deep embedding dim 16 + wide
+embedding dim 1 over the 26 fields, MLP 256-128-1, Adagrad lr 0.05 with initial accumulator 0
+for every parameter) on the same batches, read from one TFRecord file the driver writes first
+(so no case generates data in its timed loop), each batch exactly once, with the same loop:
+a Python loop calling a `tf.function` that runs one training step (forward, backward,
+updates), synchronised on the loss at the end of each timed window. The cluster's chief calls
+`Trainer.run_steps` instead, which schedules `steps_per_execution` steps per remote call.
 
-  vlps      vlps.Trainer in one process (local tables)
-  cluster   vlps.Trainer as chief + 2 ps + 1 worker on localhost (4 processes running this
-            file with TF_CONFIG); peak RSS is the sum of the 4 processes' peaks (VmHWM)
-  hashed    the baseline: keras.layers.Hashing(bins) + keras.layers.Embedding, Keras Adagrad,
-            fit(); bins chosen so its tables take the same bytes as vlps's hash tables at the end
-            of the vlps run (buckets x (8 B key + row)), and again with 1/8 of those bins
-  tfra      TensorFlow Recommenders-Addons 0.8.1 in its own venv (bench/vlps_tfra_peer.py run by
-            $VLPS_TFRA_PYTHON, default /work/tfra-venv/bin/python, with TF_USE_LEGACY_KERAS=1)
-Throughput: the first `--warm` steps are untimed, then 5 windows; the median window is
-reported. AUC is exact (rank based) over --test-batches x 4096 held-out samples; the "oracle"
-row scores with the generating model's true probability, the "numeric only" row with its
-numeric term alone (the best any model ignoring the ids can do).
+  ceiling       dense-only: the same model with both embedding outputs replaced by fixed
+                tensors of the same shape (no sparse work); the physical limit here
+  vlps          vlps.Trainer in one process (one step per call)
+  cluster       vlps.Trainer as chief + 2 ps + 1 worker on localhost (4 processes running this
+                file with TF_CONFIG); peak RSS is the sum of the 4 processes' peaks
+  keras-sparse  keras.layers.Hashing(bins) + Embedding, the embeddings updated sparsely with
+                TF's ResourceSparseApplyAdagradV2 on the batch's rows (gradient rows of the
+                same bin summed first), dense variables with Keras Adagrad
+  keras-hashed  keras.layers.Hashing(bins) + Embedding with Keras 3 Adagrad on everything
+                (Keras 3's Adagrad reads and writes the whole accumulator every step)
+  tfra          TensorFlow Recommenders-Addons 0.8.1 (bench/vlps_tfra_peer.py) in its own
+                venv bench/peers/.venv-tfra, built by `make peers`
+Every case runs in its own process(es), all alive at once; the driver runs `--warm` untimed
+steps in each, then `--rounds` rounds in which each case in turn (order reversed every other
+round) trains `--chunk` steps. samples/s is the median over rounds; "x ceiling" the median of
+the per-round ratios to the ceiling. AUC is exact over --test-batches x 4096 held-out samples.
 
-  .venv/bin/python bench/vlps_ctr.py [--steps 210] [--batch 4096] [--dim 16] [--no-cluster]
+  .venv/bin/python bench/vlps_ctr.py [--batch 4096] [--dim 16] [--rounds 5] [--chunk 10]
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
-import resource
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import time
+import tempfile
+from typing import Any
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, HERE)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from vlps_tfra_peer import auc, fingerprint  # noqa: E402
+import ctr_common  # noqa: E402
 
 from mlp.core.ports import free_ports  # noqa: E402
 
-DEFAULT_TFRA = "/work/tfra-venv/bin/python"
-BIN_BYTES_PER_DIM = 2 * 4  # a Keras Embedding row: float32 value + float32 Adagrad accumulator
+TFRA_PYTHON = os.path.join(HERE, "peers", ".venv-tfra", "bin", "python")
+BYTES_PER_BIN_DIM = 2 * 4  # a Keras Embedding row: float32 value + float32 Adagrad accumulator
 
 
-def schedule(args: argparse.Namespace) -> tuple[int, int]:
-    chunk = (args.steps - args.warm) // 5
-    return chunk, args.warm + 5 * chunk
+# -- the cases (child processes) ------------------------------------------------------------
+def evaluate(predict: Any, args: argparse.Namespace) -> dict:
+    import numpy as np
 
-
-def dataset_fn(args: argparse.Namespace):
     from vlps.data import synthetic_ctr
 
-    return lambda ctx=None: synthetic_ctr(args.batch, seed=7)
-
-
-def evaluate(predict, args: argparse.Namespace) -> dict:
-    import numpy as np
-    import tensorflow as tf
-
-    from vlps.data import generating_logit, synthetic_ctr
-
-    labels, scores, oracle, numeric = [], [], [], []
-    for features, y in synthetic_ctr(4096, seed=7, split="test", num_batches=args.test_batches):
+    labels, scores = [], []
+    for features, y in synthetic_ctr(4096, seed=7, split="test", num_batches=args.test_batches,
+                                     num_fields=args.fields):
         scores.append(np.asarray(predict(features)).ravel())
         labels.append(y.numpy().ravel())
-        oracle.append(generating_logit(features).numpy())
-        no_ids = {"cat": tf.zeros_like(features["cat"]), "num": features["num"]}
-        # generating_logit's id term for id 0 is one constant; ranking is by the numeric term.
-        numeric.append(generating_logit(no_ids).numpy())
-    y = np.concatenate(labels)
-    return {"auc": auc(y, np.concatenate(scores)), "oracle_auc": auc(y, np.concatenate(oracle)),
-            "numeric_auc": auc(y, np.concatenate(numeric))}
+    return {"auc": ctr_common.auc(np.concatenate(labels), np.concatenate(scores))}
 
 
-def table_bytes(tables) -> int:
-    """Bytes the hash tables hold: buckets x (8-byte key + float32 row), side tables aside."""
+def table_bytes(tables: Any) -> int:
+    """Bytes the hash tables hold: buckets x (8-byte key + float32 row)."""
     import tensorflow as tf
 
-    total = 0
-    for t in tables:
-        for s in t.shards:
-            buckets = int(tf.size(s.main.export()[0]))
-            total += buckets * (8 + 4 * t.width)
-    return total
+    return sum(int(tf.size(s.main.export()[0])) * (8 + 4 * t.width)
+               for t in tables for s in t.shards)
 
 
-def run_vlps(args: argparse.Namespace) -> dict:
+def loop(step_fn: Any, iterator: Any) -> Any:
+    """The shared timing loop: n one-step calls, synchronised on the last loss."""
+    def run(n: int) -> None:
+        loss = None
+        for _ in range(n):
+            loss = step_fn(iterator)
+        if loss is not None:
+            float(loss)
+    return run
+
+
+def dataset(args: argparse.Namespace) -> Any:
+    return ctr_common.read_batches(args.data, args.batch, args.fields)
+
+
+def adagrad(args: argparse.Namespace) -> Any:
+    import vlps
+
+    return vlps.Adagrad(args.lr, initial_accumulator_value=0.0)
+
+
+def case_vlps(args: argparse.Namespace) -> None:
     """One process, or the chief of a cluster when TF_CONFIG is set."""
     import keras
 
     import vlps
     from vlps.models import wide_deep
 
-    chunk, _ = schedule(args)
-    make_ds = dataset_fn(args)
-    def opt() -> vlps.Adagrad:
-        return vlps.Adagrad(args.lr, initial_accumulator_value=args.init_acc)
-
-    trainer = vlps.Trainer(lambda: wide_deep(dim=args.dim, optimizer=opt()),
-                           loss=keras.losses.BinaryCrossentropy(),
-                           optimizer=opt(), report_every=10**9,
-                           cluster=vlps.ClusterInfo() if args.case == "vlps" else None)
-    trainer.build(make_ds)
-    step_fn = trainer._make_step_fn()
-    coord = trainer.coordinator
-    if coord is not None:
-        strategy = trainer.strategy
-        assert strategy is not None
-        it = iter(coord.create_per_worker_dataset(
-            lambda: strategy.distribute_datasets_from_function(make_ds)))
+    distributed = bool(os.environ.get("TF_CONFIG"))
+    trainer = vlps.Trainer(
+        lambda: wide_deep(dim=args.dim, num_fields=args.fields, optimizer=adagrad(args)),
+        loss=keras.losses.BinaryCrossentropy(), optimizer=adagrad(args), report_every=10**9,
+        steps_per_execution=args.spe or None,
+        cluster=None if distributed else vlps.ClusterInfo())
+    trainer.build(lambda ctx=None: dataset(args))
+    iterator = trainer.make_iterator(lambda ctx=None: dataset(args))
+    if trainer.coordinator is None:
+        run = loop(lambda it: trainer.run_steps(it, 1), iterator)
     else:
-        it = iter(make_ds())
+        def run(n: int) -> None:
+            while n > 0:
+                k = min(n, trainer.steps_per_execution)
+                trainer.run_steps(iterator, k)
+                n -= k
+            trainer.coordinator.join()
 
-    def run(n: int) -> None:
-        result = None
-        for _ in range(n):
-            result = coord.schedule(step_fn, args=(it,)) if coord else step_fn(it)
-        if coord:
-            coord.join()
-        else:
-            float(result)
+    def finish() -> dict:
+        out = {"steps": int(trainer.global_step.numpy()), **evaluate(trainer.predict, args),
+               "peak_rss_mib": ctr_common.peak_rss_mib(),
+               "rows": sum(t.size() for t in trainer.tables[:1]),
+               "steps_per_execution": trainer.steps_per_execution}
+        if trainer.coordinator is None:
+            out["bytes"] = table_bytes(trainer.tables)
+        return out
 
-    run(args.warm)
-    windows = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        run(chunk)
-        windows.append(chunk * args.batch / (time.perf_counter() - t0))
-    out = {"samples_per_s": statistics.median(windows), "windows": windows,
-           "steps": int(trainer.global_step.numpy()), **evaluate(trainer.predict, args),
-           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    out["rows"] = {t.name: t.size() for t in trainer.tables}
-    if coord is None:
-        out["table_bytes"] = table_bytes(trainer.tables)  # after the peak-RSS reading
-    first = next(iter(make_ds()))
-    out["data"] = fingerprint(*first)
-    return out
+    ctr_common.serve(run, args.warm, finish)
 
 
-def run_hashed(args: argparse.Namespace) -> dict:
+def case_ceiling(args: argparse.Namespace) -> None:
     import keras
+    import tensorflow as tf
+
+    from vlps.models import _head
+
+    f, d = args.fields, args.dim
+    inputs = [keras.Input((f, d)), keras.Input((f, 1)), keras.Input((ctr_common.NUM_DENSE,))]
+    model = keras.Model(inputs, _head(*inputs, f, d, (256, 128), 0))
+    opt = adagrad(args)
+    opt.build_dense(list(model.trainable_variables))
+    fixed_emb = tf.random.stateless_uniform([args.batch, f, d], [1, 2], -0.05, 0.05)
+    fixed_wide = tf.zeros([args.batch, f, 1])
+    bce = keras.losses.BinaryCrossentropy()
+    step = tf.Variable(0, dtype=tf.int64)
+
+    @tf.function
+    def step_fn(iterator: Any) -> tf.Tensor:
+        features, labels = next(iterator)
+        s = step.assign_add(1)
+        with tf.GradientTape() as tape:
+            loss = bce(labels, model([fixed_emb, fixed_wide, features["num"]], training=True))
+        vs = list(model.trainable_variables)
+        opt.apply_dense(list(zip(tape.gradient(loss, vs), vs, strict=True)), s)
+        return loss
+
+    ctr_common.serve(loop(step_fn, iter(dataset(args))), args.warm,
+                     lambda: {"steps": int(step.numpy()), "auc": None, "bytes": 0,
+                              "peak_rss_mib": ctr_common.peak_rss_mib()})
+
+
+def case_keras(args: argparse.Namespace, sparse: bool) -> None:
+    import keras
+    import tensorflow as tf
 
     from vlps.models import hashed_wide_deep
 
-    chunk, total = schedule(args)
-    model = hashed_wide_deep(num_bins=args.bins, dim=args.dim)
-    model.compile(optimizer=keras.optimizers.Adagrad(
-                      args.lr, initial_accumulator_value=args.init_acc),
-                  loss=keras.losses.BinaryCrossentropy())
-    marks: dict[int, float] = {}
-    ends = {args.warm + k * chunk - 1 for k in range(6)}
+    model = hashed_wide_deep(num_bins=args.bins, dim=args.dim, num_fields=args.fields)
+    model(next(iter(dataset(args)))[0])
+    bce = keras.losses.BinaryCrossentropy()
+    tables = [v for v in model.trainable_variables if v.shape[0] == args.bins]
+    dense = [v for v in model.trainable_variables if all(v is not t for t in tables)]
+    opt = keras.optimizers.Adagrad(args.lr, initial_accumulator_value=0.0)
+    opt.build(dense if sparse else list(model.trainable_variables))
+    accums = [tf.Variable(tf.zeros(t.shape), trainable=False) for t in tables] if sparse else []
 
-    class Timer(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if batch in ends:
-                marks[batch] = time.perf_counter()
+    @tf.function
+    def step_fn(iterator: Any) -> tf.Tensor:
+        features, labels = next(iterator)
+        with tf.GradientTape() as tape:
+            loss = bce(labels, model(features, training=True))
+        if not sparse:
+            vs = list(model.trainable_variables)
+            opt.apply(tape.gradient(loss, vs), vs)
+            return loss
+        grads = tape.gradient(loss, tables + dense)
+        opt.apply(grads[len(tables):], dense)
+        for t, acc, g in zip(tables, accums, grads[: len(tables)], strict=True):
+            # IndexedSlices of the gather: one row per id occurrence; sum rows of one bin.
+            unique, idx = tf.unique(g.indices)
+            rows = tf.math.unsorted_segment_sum(g.values, idx, tf.size(unique))
+            tf.raw_ops.ResourceSparseApplyAdagradV2(
+                var=t.value.handle, accum=acc.handle, lr=tf.constant(args.lr),
+                epsilon=tf.constant(1e-7), grad=rows, indices=unique)
+        return loss
 
-    ds = dataset_fn(args)()
-    model.fit(ds.take(total), epochs=1, verbose=0, callbacks=[Timer()])
-    points = [marks[e] for e in sorted(ends)]
-    windows = [chunk * args.batch / (b - a) for a, b in itertools.pairwise(points)]
-    out = {"samples_per_s": statistics.median(windows), "windows": windows, "steps": total,
-           "bins": args.bins, **evaluate(lambda x: model(x, training=False), args),
-           "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    out["data"] = fingerprint(*next(iter(ds)))
-    return out
-
-
-# -- process plumbing ---------------------------------------------------------------------
-def common_args(args: argparse.Namespace) -> list[str]:
-    return ["--steps", str(args.steps), "--warm", str(args.warm), "--batch", str(args.batch),
-            "--dim", str(args.dim), "--test-batches", str(args.test_batches),
-            "--lr", str(args.lr), "--init-acc", str(args.init_acc)]
-
-
-def last_json(out: subprocess.CompletedProcess, what: str) -> dict:
-    lines = [x for x in out.stdout.splitlines() if x.startswith("{")]
-    if out.returncode != 0 or not lines:
-        raise RuntimeError(f"{what} failed (rc {out.returncode}):\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    nbytes = sum(int(t.shape[0]) * int(t.shape[1]) for t in tables) * BYTES_PER_BIN_DIM
+    ctr_common.serve(loop(step_fn, iter(dataset(args))), args.warm,
+                     lambda: {"steps": int(opt.iterations.numpy()), "bytes": nbytes,
+                              **evaluate(lambda x: model(x, training=False), args),
+                              "peak_rss_mib": ctr_common.peak_rss_mib()})
 
 
-def child(case: str, args: argparse.Namespace, bins: int = 0) -> dict:
-    cmd = [sys.executable, __file__, "--case", case, "--bins", str(bins), *common_args(args)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-    return last_json(out, f"case {case}")
+# -- the driver -------------------------------------------------------------------------------
+def child_args(args: argparse.Namespace) -> list[str]:
+    return ["--batch", str(args.batch), "--dim", str(args.dim), "--fields", str(args.fields),
+            "--warm", str(args.warm), "--test-batches", str(args.test_batches),
+            "--lr", str(args.lr), "--data", args.data, "--spe", str(args.spe)]
 
 
-def peak_rss_mib(pid: int) -> float:
+def vm_hwm_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for pid {pid}")
+    return 0.0
 
 
-def cluster(args: argparse.Namespace) -> dict:
-    """chief + 2 ps + 1 worker on localhost, every process running this file."""
-    chief, ps0, ps1, w0 = free_ports(4)
-    spec = {"chief": [f"localhost:{chief}"], "ps": [f"localhost:{ps0}", f"localhost:{ps1}"],
-            "worker": [f"localhost:{w0}"]}
-    servers: list[subprocess.Popen] = []
+class Case:
+    """A case process speaking the ctr_common protocol (plus, for a cluster, its servers)."""
 
-    def env(task: str, index: int) -> dict[str, str]:
-        tf_config = {"cluster": spec, "task": {"type": task, "index": index}}
-        return {**os.environ, "TF_CONFIG": json.dumps(tf_config)}
+    def __init__(self, key: str, name: str, cmd: list[str], log: str,
+                 env: dict[str, str] | None = None, servers: list[Any] | None = None) -> None:
+        self.key, self.name, self.servers = key, name, servers or []
+        self.error = ""
+        self.rates: list[float] = []
+        self.result: dict = {}
+        self.log = open(log, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log, text=True, env=env or os.environ.copy(),
+                                     start_new_session=True)
+        self.logname = log
+        self.ready = self._read("ready")
 
-    try:
-        for task, index in (("ps", 0), ("ps", 1), ("worker", 0)):
-            servers.append(subprocess.Popen(
-                [sys.executable, __file__, "--case", "server"], env=env(task, index),
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        out = subprocess.run(
-            [sys.executable, __file__, "--case", "chief", *common_args(args)],
-            env=env("chief", 0), capture_output=True, text=True, timeout=3600)
-        for p in servers:
-            if p.poll() is not None:
-                raise RuntimeError(f"cluster task pid {p.pid} exited early (rc {p.returncode})")
-        result = last_json(out, "cluster chief")
-        per_task = {"chief": result["peak_rss_mib"]}
-        for (task, index), p in zip((("ps", 0), ("ps", 1), ("worker", 0)), servers,
-                                    strict=True):
-            per_task[f"{task}:{index}"] = peak_rss_mib(p.pid)
-        result["peak_rss_per_task_mib"] = per_task
-        result["peak_rss_mib"] = sum(per_task.values())
-        return result
-    finally:
-        for p in servers:  # only the process groups this function started
+    def _read(self, key: str) -> dict:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                msg = json.loads(line)
+                if key in msg or key == "result":
+                    return msg
+        self.log.flush()
+        with open(self.logname) as f:
+            tail = f.read()[-1500:]
+        self.error = f"failed (rc {self.proc.wait()}): {tail.strip().splitlines()[-1:]}"
+        return {}
+
+    def send(self, line: str, key: str) -> dict:
+        if self.error:
+            return {}
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self._read(key)
+
+    def stop(self) -> None:
+        for p in [self.proc, *self.servers]:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
-        for p in servers:
+        for p in [self.proc, *self.servers]:
             try:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        self.log.close()
 
 
-def tfra(args: argparse.Namespace) -> dict | str:
-    python = os.environ.get("VLPS_TFRA_PYTHON", DEFAULT_TFRA)
-    if not os.path.exists(python):
-        return (f"not run: no TFRA interpreter at {python} (create its venv and/or set "
-                "VLPS_TFRA_PYTHON; see docs/vlps.md)")
-    peer = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vlps_tfra_peer.py")
-    out = subprocess.run([python, peer, *common_args(args)], capture_output=True, text=True,
-                         timeout=3600, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+def start_cluster(args: argparse.Namespace, log: str) -> Case:
+    chief, ps0, ps1, w0 = free_ports(4)
+    spec = {"chief": [f"localhost:{chief}"], "ps": [f"localhost:{ps0}", f"localhost:{ps1}"],
+            "worker": [f"localhost:{w0}"]}
+
+    def env(task: str, index: int) -> dict[str, str]:
+        return {**os.environ, "TF_CONFIG": json.dumps(
+            {"cluster": spec, "task": {"type": task, "index": index}})}
+
+    servers = [subprocess.Popen([sys.executable, __file__, "--case", "server"], env=env(t, i),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+               for t, i in (("ps", 0), ("ps", 1), ("worker", 0))]
+    return Case("cluster", "", [sys.executable, __file__, "--case", "vlps", *child_args(args)],
+                log, env=env("chief", 0), servers=servers)
+
+
+def run_cases(args: argparse.Namespace, specs: list[tuple[str, str, Any]],
+              tmp: str) -> list[Case | tuple[str, str, str]]:
+    """Start every case (spec: key, name, argv list | 'cluster' | a reason it cannot run),
+    alternate the timed rounds, finish them; returns Case objects or (key, name, reason)."""
+    cases: list[Any] = []
     try:
-        return last_json(out, "TFRA peer")
-    except RuntimeError as e:
-        return f"failed: {str(e).splitlines()[0]} (see stderr by running the peer by hand)"
+        for key, name, how in specs:
+            log = os.path.join(tmp, f"{key}.log")
+            if isinstance(how, str) and how != "cluster":
+                cases.append((key, name, how))
+                continue
+            print(f"# starting {name}", file=sys.stderr, flush=True)
+            if isinstance(how, dict):  # {"cluster": steps_per_execution}
+                c = start_cluster(argparse.Namespace(**{**vars(args), "spe": how["cluster"]}),
+                                  log)
+                c.key = key
+            elif how == "cluster":
+                c = start_cluster(args, log)
+            else:
+                c = Case(key, name, how, log)
+            c.name = name
+            cases.append(c)
+        live = [c for c in cases if isinstance(c, Case)]
+        for r in range(args.rounds):
+            for c in (live if r % 2 == 0 else live[::-1]):
+                msg = c.send(f"run {args.chunk}", "seconds")
+                if msg:
+                    c.rates.append(args.chunk * args.batch / msg["seconds"])
+        for c in live:
+            c.result = c.send("finish", "result")
+            for i, p in enumerate(c.servers):
+                c.result.setdefault("server_rss_mib", []).append(vm_hwm_mib(p.pid))
+                if p.poll() is not None and not c.error:
+                    c.error = f"failed: cluster task {i} exited (rc {p.returncode})"
+    finally:
+        for c in cases:
+            if isinstance(c, Case):
+                c.stop()
+    return cases
+
+
+def ratio_column(cases: list[Any], base_key: str) -> dict[str, float]:
+    base = next(c for c in cases if isinstance(c, Case) and c.key == base_key)
+    out = {}
+    for c in cases:
+        if isinstance(c, Case) and not c.error and len(c.rates) == len(base.rates):
+            out[c.key] = statistics.median(a / b for a, b in zip(c.rates, base.rates,
+                                                                   strict=True))
+    return out
+
+
+def write_data(args: argparse.Namespace, tmp: str) -> str:
+    from vlps.data import synthetic_ctr
+
+    path = os.path.join(tmp, "train.tfrecord")
+    total = args.warm + args.rounds * args.chunk
+    ds = synthetic_ctr(args.batch, seed=7, num_fields=args.fields).take(total)
+    ctr_common.write_batches(path, ds)
+    return path
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=210)
-    ap.add_argument("--warm", type=int, default=10)
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--dim", type=int, default=16)
-    ap.add_argument("--test-batches", type=int, default=16)
+    ap.add_argument("--fields", type=int, default=26)
+    ap.add_argument("--warm", type=int, default=5, help="untimed steps per case")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--chunk", type=int, default=10, help="steps per case per round")
+    ap.add_argument("--test-batches", type=int, default=8)
     ap.add_argument("--lr", type=float, default=0.05, help="Adagrad learning rate (all cases)")
-    ap.add_argument("--init-acc", type=float, default=0.0,
-                    help="Adagrad initial_accumulator_value (all cases); with Keras's 0.1 the "
-                         "rows (mean-loss gradients ~1e-4) hardly move and no model learns "
-                         "the per-id effects")
-    ap.add_argument("--bins", type=int, default=0)
+    ap.add_argument("--bins", type=int, default=2**22,
+                    help="Keras Hashing bins of the large baselines (a 1/16 one also runs)")
+    ap.add_argument("--spe", type=int, default=0,
+                    help="cluster steps_per_execution (0: the Trainer's default)")
     ap.add_argument("--no-cluster", action="store_true")
-    ap.add_argument("--no-tfra", action="store_true")
     ap.add_argument("--json", default="", help="also write all results to this file")
     ap.add_argument("--case", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--data", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case == "server":
         import vlps
@@ -280,62 +378,83 @@ def main() -> None:
         vlps.run_server_if_needed()  # serves until SIGTERM
         return
     if args.case:
-        fn = run_hashed if args.case == "hashed" else run_vlps
-        print(json.dumps({"case": args.case, **fn(args)}), flush=True)
+        {"vlps": case_vlps, "ceiling": case_ceiling,
+         "keras-sparse": lambda a: case_keras(a, True),
+         "keras-hashed": lambda a: case_keras(a, False)}[args.case](args)
         return
 
-    chunk, total = schedule(args)
-    res: dict[str, dict | str] = {}
-    v = res["vlps"] = child("vlps", args)
-    same = max(1024, v["table_bytes"] // ((args.dim + 1) * BIN_BYTES_PER_DIM))
-    res["hashed"] = child("hashed", args, same)
-    res["hashed8"] = child("hashed", args, max(1024, same // 8))
-    res["hashed64"] = child("hashed", args, max(1024, same // 64))
-    res["cluster"] = "not run (--no-cluster)" if args.no_cluster else cluster(args)
-    res["tfra"] = "not run (--no-tfra)" if args.no_tfra else tfra(args)
+    tmp = tempfile.mkdtemp(prefix="vlps-ctr-")
+    args.data = write_data(args, tmp)
+    me = [sys.executable, __file__]
+    small = args.bins // 16
+
+    def keras_case(kind: str, bins: int) -> list[str]:
+        return [*me, "--case", kind, *child_args(args), "--bins", str(bins)]
+
+    tfra: Any = [TFRA_PYTHON, os.path.join(HERE, "vlps_tfra_peer.py"), *child_args(args)]
+    if not os.path.exists(TFRA_PYTHON):
+        tfra = "not run: peer not installed (run `make peers` to build bench/peers/.venv-tfra)"
+    specs = [
+        ("ceiling", "dense-only ceiling (embeddings replaced by fixed tensors)",
+         [*me, "--case", "ceiling", *child_args(args)]),
+        ("vlps", "vlps, one process", [*me, "--case", "vlps", *child_args(args)]),
+        ("cluster", "vlps, chief + 2 ps + 1 worker (localhost)",
+         "not run (--no-cluster)" if args.no_cluster else "cluster"),
+        ("tfra", "TFRA 0.8.1 (TF 2.16.2 + tf_keras), one process", tfra),
+        ("keras-sparse", f"Keras Hashing({args.bins:,})+Embedding, sparse Adagrad rows",
+         keras_case("keras-sparse", args.bins)),
+        ("keras-hashed", f"Keras Hashing({args.bins:,})+Embedding, Keras Adagrad",
+         keras_case("keras-hashed", args.bins)),
+        ("keras-hashed-small", f"Keras Hashing({small:,})+Embedding, Keras Adagrad",
+         keras_case("keras-hashed", small)),
+    ]
+    try:
+        cases = run_cases(args, specs, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ratios = ratio_column(cases, "ceiling")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
-
-    rows = sum(v["rows"].values()) // 2
-    print(f"Wide&Deep (dim {args.dim} + wide, MLP 256-128-1, Adagrad lr {args.lr} "
-          f"initial_accumulator {args.init_acc}), batch {args.batch}, "
-          f"{total} steps ({args.warm} untimed + 5 windows of {chunk}; median window), 26 "
-          "Zipf(1.2) fields over 1e9 ids + 13 numeric, seed 7; AUC on "
-          f"{args.test_batches * 4096:,} held-out samples; data fingerprint {v['data']}")
-    print(f"vlps ids seen: {rows:,} per table; vlps hash-table bytes {v['table_bytes']:,} = "
-          f"same memory as {same:,} Keras bins ({(args.dim + 1) * BIN_BYTES_PER_DIM} B/bin)")
-    h = res["hashed"]
-    assert isinstance(h, dict)
-    print("| case | samples/s | x baseline | peak RSS MiB | AUC |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    names = {"hashed": f"Keras Hashing({same:,})+Embedding, same memory [baseline]",
-             "hashed8": f"Keras Hashing({max(1024, same // 8):,})+Embedding, 1/8 memory",
-             "hashed64": f"Keras Hashing({max(1024, same // 64):,})+Embedding, 1/64 memory",
-             "vlps": "vlps, one process",
-             "cluster": "vlps, chief + 2 ps + 1 worker (localhost)",
-             "tfra": "TFRA 0.8.1 (TF 2.16.2), one process"}
-    for key, name in names.items():
-        r = res[key]
-        if isinstance(r, str):
-            print(f"| {name} | {r} | | | |")
+            json.dump([c.__dict__ if not isinstance(c, Case) else
+                       {"key": c.key, "rates": c.rates, "result": c.result, "error": c.error}
+                       for c in cases], f, indent=1, default=str)
+    total = args.warm + args.rounds * args.chunk
+    print(f"Wide&Deep (embedding dim {args.dim} + wide dim 1, MLP 256-128-1, Adagrad lr "
+          f"{args.lr}, initial accumulator 0), batch {args.batch}, {args.fields} Zipf(1.2) "
+          f"fields over 1e9 ids + 13 numeric, seed 7; {total} steps per case ({args.warm} "
+          f"untimed, then {args.rounds} alternated rounds of {args.chunk}); AUC on "
+          f"{args.test_batches * 4096:,} held-out samples")
+    print("| case | step loop | embedding bytes | samples/s | x dense-only ceiling | "
+          "peak RSS MiB | AUC |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for c in cases:
+        if not isinstance(c, Case):
+            print(f"| {c[1]} | | | {c[2]} | | | |")
             continue
-        note = ""
-        if r.get("data") not in (None, v["data"]):
-            note = f" (DIFFERENT DATA: fingerprint {r['data']})"
-        print(f"| {name}{note} | {r['samples_per_s']:,.0f} | "
-              f"{r['samples_per_s'] / h['samples_per_s']:.2f} | {r['peak_rss_mib']:,.0f} | "
-              f"{r['auc']:.4f} |")
-    print(f"| oracle: the generating model's true probability | | | | {v['oracle_auc']:.4f} |")
-    print(f"| numeric features only (true numeric term) | | | | {v['numeric_auc']:.4f} |")
-    c = res["cluster"]
-    if isinstance(c, dict):
-        per = ", ".join(f"{k} {m:,.0f}" for k, m in c["peak_rss_per_task_mib"].items())
-        print(f"cluster peak RSS per task (MiB): {per}")
-    t = res["tfra"]
-    if isinstance(t, dict):
-        print(f"TFRA: {t['versions']}; vlps one process / TFRA samples/s = "
-              f"{v['samples_per_s'] / t['samples_per_s']:.2f} (target >= 1)")
+        if c.error or not c.rates:
+            print(f"| {c.name} | | | {c.error or 'no result'} | | | |")
+            continue
+        r = c.result
+        rss = r.get("peak_rss_mib", 0) + sum(r.get("server_rss_mib", []))
+        spe = r.get("steps_per_execution", 1) if c.key == "cluster" else 1
+        loop_name = "tf.function step" + (f", {spe} steps per remote call" if spe > 1 else "")
+        nbytes = (f"{r['bytes']:,}" if r.get("bytes") is not None
+                  else "on the ps" if c.key == "cluster" else "not measured")
+        auc = f"{r['auc']:.4f}" if r.get("auc") is not None else "-"
+        print(f"| {c.name} | {loop_name} | {nbytes} | {statistics.median(c.rates):,.0f} | "
+              f"{ratios.get(c.key, float('nan')):.2f} | {rss:,.0f} | {auc} |")
+    byk = {c.key: c for c in cases if isinstance(c, Case)}
+    if "vlps" in byk and byk["vlps"].result:
+        print(f"vlps rows (deep table): {byk['vlps'].result['rows']:,}; table bytes = buckets x "
+              "(8 B key + row of embedding, Adagrad slot and a 4 B step); Keras bytes = bins x "
+              f"(dim + 1) x {BYTES_PER_BIN_DIM} B (value + accumulator)")
+    if "cluster" in byk and byk["cluster"].result.get("server_rss_mib"):
+        per = ", ".join(f"{m:,.0f}" for m in byk["cluster"].result["server_rss_mib"])
+        print(f"cluster peak RSS MiB: chief {byk['cluster'].result['peak_rss_mib']:,.0f}; "
+              f"ps:0, ps:1, worker:0 {per}")
+    fp = {c.key: c.ready.get("data") for c in byk.values() if c.ready.get("data")}
+    if fp:
+        print(f"data fingerprints (first batch, per case that reports one): {fp}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,27 @@ def capture(tape: tf.GradientTape) -> Iterator[Capture]:
         yield cap
     finally:
         _local.capture = prev
+
+
+# Layers called on the same id tensor in one graph (e.g. the deep and the wide table of a
+# Wide&Deep model) share its `tf.unique`: the profile in docs/vlps.md found the second one to
+# cost as much as the first. Keyed by graph (weakly) and the input tensor.
+_uniques: weakref.WeakKeyDictionary[Any, dict[Any, tuple[tf.Tensor, tf.Tensor]]] = \
+    weakref.WeakKeyDictionary()
+
+
+def _shared_unique(inputs: Any, key_dtype: str) -> tuple[tf.Tensor, tf.Tensor] | None:
+    if tf.executing_eagerly() or not isinstance(inputs, tf.Tensor):
+        return None
+    cache = _uniques.get(tf.compat.v1.get_default_graph())
+    return cache.get((inputs.ref(), key_dtype)) if cache is not None else None
+
+
+def _remember_unique(inputs: Any, key_dtype: str, value: tuple[tf.Tensor, tf.Tensor]) -> None:
+    if tf.executing_eagerly() or not isinstance(inputs, tf.Tensor):
+        return
+    graph = tf.compat.v1.get_default_graph()
+    _uniques.setdefault(graph, {})[(inputs.ref(), key_dtype)] = value
 
 
 def _serving_tables() -> dict[str, Any]:
@@ -180,9 +202,15 @@ class DynamicEmbedding(keras.layers.Layer):
             else:
                 values, segments = tf.reshape(inputs, [-1]), None
         checks = self._check_batch(nrows)
-        with tf.control_dependencies(checks):
-            keys = self._keys(values)
-        unique, idx = tf.unique(keys)
+        unique_idx = _shared_unique(inputs, self.key_dtype) if segments is None else None
+        if unique_idx is None:
+            with tf.control_dependencies(checks):
+                keys = self._keys(values)
+            unique, idx = tf.unique(keys)
+            if segments is None:
+                _remember_unique(inputs, self.key_dtype, (unique, idx))
+        else:
+            unique, idx = unique_idx
         serving = _serving_tables().get(self.table.name)
         if serving is not None:
             emb_u = serving.lookup(unique)

@@ -161,55 +161,64 @@ class _Shard:
 
         return tf.cond(tf.reduce_any(is_s), slow, fast)
 
-    def _main_insert(self, ids: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
+    def _main_insert(self, ids: tf.Tensor, rows: tf.Tensor,
+                     n_new: tf.Tensor | None = None) -> tf.Tensor:
         # TF 2.21's DenseHashTable inserts a key into the first *deleted* bucket of its probe
         # sequence without checking whether the key sits further along, so after any remove()
         # a re-inserted key can exist twice (a stale copy that a later rehash may resurrect).
-        # Once a shard has removed keys, remove before insert: remove() probes past deleted
-        # buckets and drops the old copy.
+        # While a shard has deleted buckets (`dirty`), remove before insert: remove() probes
+        # past deleted buckets and drops the old copy. A rehash (the kernel doubling its
+        # buckets) copies only live keys, so it leaves no deleted bucket: `dirty` is cleared.
         #
         # The kernel also doubles its buckets whenever entries + batch size exceeds
         # buckets * max_load_factor, counting every key of the batch as new: near capacity a
         # push that only *updates* existing rows would double a pre-sized shard (2x memory)
-        # with no new row. So when the batch would cross that line, remove the batch's keys
-        # first (the kernel's count then drops by the rows that exist) and insert after: the
-        # table grows only if the rows truly exceed its capacity. That leaves deleted buckets,
-        # so the shard is dirty from then on.
+        # with no new row. So when counting the batch's `n_new` truly new rows would give
+        # fewer buckets than counting all its keys, remove the batch's keys first (the
+        # kernel's count then drops by the rows that exist) and insert after. When the table
+        # must grow to the same size either way (a table grown on demand), insert plainly.
         n = tf.cast(tf.size(ids), tf.int64)
+        n_new = n if n_new is None else tf.cast(n_new, tf.int64)
 
-        def crosses(entries: tf.Tensor) -> tf.Tensor:
-            return (tf.cast(entries + n, tf.float32)
-                    > tf.cast(self.buckets, tf.float32) * self.max_load_factor)
-
-        def insert_and_track() -> tf.Tensor:
-            # Mirror the kernel's growth rule (on its own entry count) to keep `buckets` true.
-            entries = self.main.size()
-            with tf.control_dependencies([entries]):
-                inserted = self.main.insert(ids, rows)
-            grown = tf.nest.flatten(tf.while_loop(
-                lambda b: tf.cast(entries + n, tf.float32)
+        def grown(entries: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
+            # The kernel's growth rule, on its own entry count.
+            return tf.nest.flatten(tf.while_loop(
+                lambda b: tf.cast(entries + count, tf.float32)
                 > tf.cast(b, tf.float32) * self.max_load_factor,
                 lambda b: (b * 2,), (self.buckets.read_value(),)))[0]
-            with tf.control_dependencies([inserted, self.buckets.assign(grown)]):
+
+        def insert_and_track(entries: tf.Tensor) -> tf.Tensor:
+            with tf.control_dependencies([entries]):
+                inserted = self.main.insert(ids, rows)
+            after = grown(entries, n)
+            rehashed = after > self.buckets.read_value()
+            with tf.control_dependencies([inserted]):
+                done = [self.buckets.assign(after),
+                        self.dirty.assign(self.dirty.read_value() & ~rehashed)]
+            with tf.control_dependencies(done):
                 return tf.constant(0)
 
         def careful() -> tf.Tensor:
             with tf.control_dependencies([self.dirty.assign(True)]):
                 removed = self.main.remove(ids)
             with tf.control_dependencies([removed]):
-                return insert_and_track()
+                return insert_and_track(self.main.size())
 
         def plain() -> tf.Tensor:
-            return insert_and_track()
+            return insert_and_track(entries)
 
-        return tf.cond(self.dirty | crosses(self.main.size()), careful, plain)
+        entries = self.main.size()
+        overgrows = tf.not_equal(grown(entries, n), grown(entries, n_new))
+        return tf.cond(self.dirty | overgrows, careful, plain)
 
-    def insert_rows(self, ids: tf.Tensor, rows: tf.Tensor) -> None:
+    def insert_rows(self, ids: tf.Tensor, rows: tf.Tensor,
+                    n_new: tf.Tensor | None = None) -> None:
+        """Insert whole rows; `n_new` (if known) is how many of `ids` have no row yet."""
         self.version.assign_add(1)
         is_s = ids <= DELETED_KEY
 
         def fast() -> tf.Tensor:
-            return self._main_insert(ids, rows)
+            return self._main_insert(ids, rows, n_new)
 
         def slow() -> tf.Tensor:
             done = self._main_insert(tf.boolean_mask(ids, ~is_s), tf.boolean_mask(rows, ~is_s))
@@ -457,7 +466,7 @@ class EmbeddingTable:
             slots = [rows[:, d * (i + 1) : d * (i + 2)] for i in range(self.optimizer.num_slots)]
             new_emb, new_slots = self.optimizer.update(rows[:, :d], slots, grads, step)
             stamp = tf.fill([tf.shape(ids)[0], 1], tf.bitcast(tf.cast(step, tf.int32), tf.float32))
-            shard.insert_rows(ids, tf.concat([new_emb, *new_slots, stamp], 1))
+            shard.insert_rows(ids, tf.concat([new_emb, *new_slots, stamp], 1), n_missing)
             shard.counters.scatter_nd_add([[0]], tf.cast(n_missing, tf.int64)[None])
 
     def _admit(

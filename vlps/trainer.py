@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,11 @@ from vlps.table import EmbeddingTable
 from vlps.training import train_step
 
 log = logging.getLogger("vlps")
+
+
+#: Steps per call of the compiled step function when `Trainer(steps_per_execution=None)`;
+#: chosen by bench/vlps_cluster.py (see docs/vlps.md, "Cluster step overhead").
+DEFAULT_STEPS_PER_EXECUTION = 16
 
 
 class TaskFailedError(RuntimeError):
@@ -49,6 +54,12 @@ class Trainer:
       full_every: every n-th checkpoint is full, the others incremental (1: always full).
       evict_every: steps between eviction passes over tables with an Eviction policy.
       report_every: steps between metric reports (`vlps.report`).
+      steps_per_execution: training steps run by one call of the compiled step function (one
+        remote call on a cluster): a `tf.while_loop` over the steps inside the graph, so the
+        chief's per-call coordination is paid once per that many steps. A call never crosses
+        a report, eviction or checkpoint boundary. Default `DEFAULT_STEPS_PER_EXECUTION`.
+      prefetch: batches each worker (or the local process) prefetches from `dataset_fn`'s
+        dataset ahead of the step that consumes them (0: none beyond the dataset's own).
     """
 
     def __init__(
@@ -56,13 +67,19 @@ class Trainer:
         optimizer: Any = None, checkpoint_dir: str | None = None,
         checkpoint_every: int | None = None, full_every: int = 5, evict_every: int | None = None,
         report_every: int = 100, cluster: ClusterInfo | None = None,
+        steps_per_execution: int | None = None, prefetch: int = 2,
     ) -> None:
         self.info = cluster or ClusterInfo.from_env()
         run_server_if_needed(self.info)  # ps / worker tasks never return from here
         for name, value in (("checkpoint_every", checkpoint_every), ("evict_every", evict_every),
-                            ("report_every", report_every), ("full_every", full_every)):
-            if value is not None and value <= 0:
-                raise ValueError(f"Trainer: {name} must be > 0, got {value}")
+                            ("report_every", report_every), ("full_every", full_every),
+                            ("steps_per_execution", steps_per_execution)):
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"Trainer: {name} must be an int > 0, got {value!r}")
+        if not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"Trainer: prefetch must be an int >= 0, got {prefetch!r}")
+        self.steps_per_execution = steps_per_execution or DEFAULT_STEPS_PER_EXECUTION
+        self.prefetch = prefetch
         self.model_fn = model_fn
         self.loss = loss
         self.optimizer = optimizers_mod.get(optimizer)
@@ -156,16 +173,65 @@ class Trainer:
         return int(manifest["step"])
 
     # -- training ---------------------------------------------------------------------------
-    def _make_step_fn(self) -> Callable[[Any], tf.Tensor]:
+    def _make_step_fn(self) -> Callable[[Any, Any], tf.Tensor]:
+        """The compiled step: `step_fn(iterator, n)` runs `n` training steps in a
+        `tf.while_loop` and returns the last step's loss. Cached: one trace per trainer."""
+        fn = getattr(self, "_step_fn", None)
+        if fn is not None:
+            return fn
         model, loss, opt, gstep = self.model, self.loss, self.optimizer, self.global_step
 
         @tf.function
-        def step_fn(iterator: Any) -> tf.Tensor:
-            features, labels = next(iterator)
-            step = gstep.assign_add(1)
-            return train_step(model, loss, opt, features, labels, step)
+        def step_fn(iterator: Any, n: tf.Tensor) -> tf.Tensor:
+            last = tf.constant(0.0)
+            for _ in tf.range(n):
+                features, labels = next(iterator)
+                step = gstep.assign_add(1)
+                last = tf.cast(train_step(model, loss, opt, features, labels, step), tf.float32)
+            return last
 
+        self._step_fn = step_fn
         return step_fn
+
+    def _calls(self, step: int, steps: int) -> Iterator[int]:
+        """Steps per call from `step` to `steps`: at most steps_per_execution, and never past
+        the next report, eviction or checkpoint boundary (those run between calls)."""
+        periods = [p for p in (self.report_every, self.evict_every,
+                               self.checkpoint_every if self.checkpoint_dir else None) if p]
+        while step < steps:
+            n = min(self.steps_per_execution, steps - step)
+            for p in periods:
+                n = min(n, p - step % p)
+            yield n
+            step += n
+
+    def make_iterator(self, dataset_fn: Callable[..., tf.data.Dataset]) -> Any:
+        """The iterator `fit` trains from: per worker on a cluster (each worker calls
+        `dataset_fn(input_context)`), else local; either way with `prefetch` batches ahead."""
+        prefetch = self.prefetch
+
+        def with_prefetch(ctx: Any = None) -> tf.data.Dataset:
+            ds = dataset_fn(ctx)
+            return ds.prefetch(prefetch) if prefetch else ds
+
+        if self.coordinator is None:
+            return iter(with_prefetch(None))
+        strategy = self.strategy
+        assert strategy is not None
+
+        def per_worker() -> Any:
+            return strategy.distribute_datasets_from_function(with_prefetch)
+
+        return iter(self.coordinator.create_per_worker_dataset(per_worker))
+
+    def run_steps(self, iterator: Any, n: int) -> Any:
+        """Run `n` training steps from `iterator` as one call (scheduled on a worker on a
+        cluster). Returns the last loss: a tensor, or a RemoteValue on a cluster."""
+        step_fn = self._make_step_fn()
+        count = tf.constant(n, tf.int32)
+        if self.coordinator is not None:
+            return self.coordinator.schedule(step_fn, args=(iterator, count))
+        return step_fn(iterator, count)
 
     def fit(self, dataset_fn: Callable[..., tf.data.Dataset], steps: int) -> dict[str, Any]:
         """Train until the global step reaches `steps` (resuming from the latest checkpoint).
@@ -179,24 +245,11 @@ class Trainer:
         self._resumed = True
         step = int(self.global_step.numpy())
         start = time.perf_counter()
-        step_fn = self._make_step_fn()
         try:
-            if self.coordinator is not None:
-                strategy = self.strategy
-                assert strategy is not None
-
-                def per_worker() -> Any:
-                    return strategy.distribute_datasets_from_function(dataset_fn)
-
-                iterator = iter(self.coordinator.create_per_worker_dataset(per_worker))
-            else:
-                iterator = iter(dataset_fn(None))
-            while step < steps:
-                if self.coordinator is not None:
-                    result = self.coordinator.schedule(step_fn, args=(iterator,))
-                else:
-                    result = step_fn(iterator)
-                step += 1
+            iterator = self.make_iterator(dataset_fn)
+            for n in self._calls(step, steps):
+                result = self.run_steps(iterator, n)
+                step += n
                 self._after_step(step, result)
             if self.coordinator is not None:
                 self.coordinator.join()

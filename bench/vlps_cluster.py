@@ -1,0 +1,68 @@
+"""Cluster step overhead: vlps.Trainer as chief + 2 ps + 1 worker on localhost against the same
+training in one process, by `steps_per_execution` (training steps per remote call).
+
+The chief schedules `Trainer.run_steps(iterator, k)` calls on the worker (a `tf.while_loop`
+of k steps inside one function; the worker prefetches its batches); one process runs one
+step per call. Same model (bench/vlps_ctr.py's Wide&Deep: embedding dim 16 + wide, MLP
+256-128-1, Adagrad), same batches from one file, same alternated rounds (bench/ctr_common.py);
+"x one process" is the median of the per-round ratios. Two settings: batch 256 with 6 fields
+(a small real-data-sized model) and the README's batch 4096 with 26 fields.
+
+  .venv/bin/python bench/vlps_cluster.py [--spe 1,16,64] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import vlps_ctr  # noqa: E402
+
+SETTINGS = ((256, 6, 64), (4096, 26, 8))  # (batch, fields, steps per round)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spe", default="1,16,64", help="steps_per_execution values to compare")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--dim", type=int, default=16)
+    args = ap.parse_args()
+    spes = [int(x) for x in args.spe.split(",")]
+    print(f"vlps cluster (chief + 2 ps + 1 worker, localhost) vs one process; {args.rounds} "
+          "alternated rounds, medians")
+    print("| batch | fields | case | steps per call | samples/s | x one process |")
+    print("| ---: | ---: | --- | ---: | ---: | ---: |")
+    for batch, fields, chunk in SETTINGS:
+        run = argparse.Namespace(
+            batch=batch, dim=args.dim, fields=fields, warm=max(4, chunk // 4),
+            rounds=args.rounds, chunk=chunk, test_batches=1, lr=0.05, bins=0, spe=0, data="")
+        tmp = tempfile.mkdtemp(prefix="vlps-cluster-")
+        run.data = vlps_ctr.write_data(run, tmp)
+        me = [sys.executable, vlps_ctr.__file__]
+        specs = [("vlps", "one process", [*me, "--case", "vlps", *vlps_ctr.child_args(run)])]
+        specs += [(f"cluster{k}", "chief + 2 ps + 1 worker", {"cluster": k}) for k in spes]
+        try:
+            cases = vlps_ctr.run_cases(run, specs, tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        ratios = vlps_ctr.ratio_column(cases, "vlps")
+        for c in cases:
+            if not isinstance(c, vlps_ctr.Case):
+                continue
+            k = c.result.get("steps_per_execution", 1) if c.key != "vlps" else 1
+            if c.error or not c.rates:
+                print(f"| {batch} | {fields} | {c.name} | {k} | {c.error or 'no result'} | |")
+                continue
+            print(f"| {batch} | {fields} | {c.name} | {k} | {statistics.median(c.rates):,.0f} "
+                  f"| {ratios.get(c.key, float('nan')):.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""vlps.Trainer in one process: several steps per call, boundaries between calls, and a
+stream of new ids held flat by TTL eviction and a per-shard cap."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import vlps
+from vlps.data import synthetic_ctr
+from vlps.models import wide_deep
+
+
+def small_model(**kw):
+    return wide_deep(dim=4, hidden=(8,), learning_rate=0.1, **kw)
+
+
+def dataset_fn(ctx=None):
+    return synthetic_ctr(64, seed=3, zipf_a=1.5)
+
+
+def heldout():
+    return next(iter(synthetic_ctr(256, seed=3, zipf_a=1.5, split="test")))
+
+
+def trainer(**kw):
+    return vlps.Trainer(small_model, loss=keras.losses.BinaryCrossentropy(),
+                        optimizer=vlps.Adagrad(0.05), cluster=vlps.ClusterInfo(), **kw)
+
+
+def test_steps_per_execution_trains_the_same_model_as_single_steps() -> None:
+    features, _ = heldout()
+    one = trainer(steps_per_execution=1)
+    many = trainer(steps_per_execution=7)
+    r1, r7 = one.fit(dataset_fn, steps=20), many.fit(dataset_fn, steps=20)
+    assert r1["step"] == r7["step"] == 20
+    assert int(one.global_step.numpy()) == int(many.global_step.numpy()) == 20
+    np.testing.assert_allclose(many.predict(features).numpy(), one.predict(features).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert one.tables[0].size() == many.tables[0].size() > 0
+    # A second fit continues from the global step and the same iterator position semantics.
+    assert many.fit(dataset_fn, steps=23)["step"] == 23
+
+
+def test_calls_stop_at_report_evict_and_checkpoint_boundaries(tmp_path, monkeypatch) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    monkeypatch.setenv("MLP_METRICS_FILE", str(metrics))
+    t = trainer(steps_per_execution=16, report_every=5, evict_every=7, checkpoint_every=9,
+                checkpoint_dir=str(tmp_path / "ckpt"))
+    evicted_at: list[int] = []
+    original = t.evict
+
+    def spy(step=None):
+        evicted_at.append(step)
+        return original(step)
+
+    t.evict = spy  # type: ignore[method-assign]
+    t.fit(dataset_fn, steps=20)
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == [5, 10, 15, 20]
+    assert evicted_at == [7, 14]
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("ckpt-*")) == [
+        "ckpt-18", "ckpt-20", "ckpt-9"]
+    assert int(t.global_step.numpy()) == 20
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5])
+def test_bad_steps_per_execution_and_prefetch_are_named(bad) -> None:
+    with pytest.raises(ValueError, match="steps_per_execution must be an int > 0"):
+        trainer(steps_per_execution=bad)
+    with pytest.raises(ValueError, match="prefetch must be an int >= 0"):
+        trainer(prefetch=-1 if bad == 0 else bad)
+
+
+def test_stream_of_new_ids_stays_under_ttl_and_cap() -> None:
+    """Every batch brings ids never seen before; TTL and the per-shard cap keep rows flat."""
+    cap, ttl = 300, 4
+
+    def stream(ctx=None):
+        # 32 samples x 6 fields: half the ids recur (0..31 per field), half are new each step.
+        def batch(i):
+            old = tf.random.stateless_uniform([32, 3], [1, i], 0, 32, tf.int64)
+            new = i * 1000 + tf.reshape(tf.range(96, dtype=tf.int64), [32, 3]) + 10**6
+            cat = tf.concat([old, new], 1) * 7 + tf.range(6, dtype=tf.int64)[None, :]
+            return ({"cat": cat, "num": tf.zeros([32, 2])}, tf.ones([32, 1]))
+        return tf.data.Dataset.range(10**6).map(batch)
+
+    t = vlps.Trainer(
+        lambda: wide_deep(dim=4, hidden=(8,), num_fields=6, num_dense=2, num_shards=2,
+                          eviction=vlps.Eviction(ttl_steps=ttl, max_rows_per_shard=cap)),
+        loss=keras.losses.BinaryCrossentropy(), evict_every=2, steps_per_execution=2,
+        cluster=vlps.ClusterInfo())
+    sizes = []
+    for steps in range(10, 61, 10):
+        t.fit(stream, steps=steps)
+        sizes.append(t.tables[0].shard_sizes())
+    c = t.tables[0].counters()
+    # Unbounded, 60 steps x 96 new ids would leave > 5,700 rows; the cap holds every shard
+    # at <= cap right after each eviction pass, TTL removes the bulk of the new ids.
+    assert all(n <= cap for s in sizes for n in s), sizes
+    assert c["created"] > 5000 and c["evicted_ttl"] > 3000 and c["evicted_cap"] > 0, c
+    assert c["rows"] == c["created"] - c["evicted_ttl"] - c["evicted_cap"], c
