@@ -9,6 +9,10 @@ Shards are `tf.lookup.experimental.DenseHashTable`s placed on the ps devices of 
 `Placement`; an id belongs to shard `hashing.shard_of(id, num_shards)`. DenseHashTable reserves
 two keys (empty and deleted); ids equal to them live in a small `MutableHashTable` beside the
 shard, so the full int64 range is usable.
+
+Longer than 500 lines because lookup, update, admission, eviction and export all read and write
+the same packed row layout under the same shard locks; split apart, each part would have to
+re-derive the layout and the locking rules that keep checkpoints consistent.
 """
 
 from __future__ import annotations

@@ -3,6 +3,11 @@
 Each task runs in its own process group (so cancel ends everything it started) under a tiny
 `/bin/sh` wrapper that records the exit code in a file: after a restart of the service the tasks
 are no longer its children, and that file is how their outcome is still known.
+
+Longer than 500 lines because one task's start is a chain that must stay in order and be
+undone as one when a step fails: source preparation as the user's account, ports, cgroup,
+`TF_CONFIG`, the privilege drop and the exit-code wrapper. The account, cgroup and address
+rules themselves live in `mlp.isolation`.
 """
 
 from __future__ import annotations

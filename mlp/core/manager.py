@@ -1,6 +1,11 @@
 """The job manager: the only writer of job state. It admits queued jobs, starts them through the
 backend, watches their tasks, and applies the state machine's outcomes (success, failure with the
-task and exit code, timeout, cancel, adoption after a restart)."""
+task and exit code, timeout, cancel, adoption after a restart).
+
+Longer than 500 lines because it is the one writer of job state: every transition (start,
+watch, cancel, timeout, preemption, requeue, dependencies, adoption) reads and writes the same
+store, ledger holders and subscribers on one event loop, and keeping them in one class is what
+makes each transition's ordering visible in one place. Pure policy lives in `mlp.scheduling`."""
 
 from __future__ import annotations
 
