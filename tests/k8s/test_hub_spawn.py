@@ -29,6 +29,9 @@ def kube_hub(k8s: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     token = secrets.token_hex(24)
     hub_config = f"""
 c.JupyterHub.spawner_class = "mlp_spawner.kube.QuotaKubeSpawner"
+# The embedded config's own spawner service is replaced by this one (its token is known here).
+c.JupyterHub.services = [s for s in c.JupyterHub.services if s["name"] != "mlp-spawner"]
+c.JupyterHub.load_roles = [r for r in c.JupyterHub.load_roles if r["name"] != "mlp-spawner"]
 c.JupyterHub.services.append({{"name": "mlp-spawner", "api_token": {token!r}}})
 c.JupyterHub.load_roles.append({{"name": "mlp-spawner", "services": ["mlp-spawner"],
     "scopes": ["custom:mlp:admin", "access:services!service=mlp"]}})

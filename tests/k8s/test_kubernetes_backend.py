@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from k8scluster import Cluster, NodeShape
-from mlptest import wait_for_state
+from mlptest import platform_data_dir, wait_for_state
 from tcpproxy import FlakyProxy
 from test_backend_suite import Harness, job
 
@@ -229,13 +229,14 @@ def test_backend_is_selected_by_config(tmp_path: Path):
     from mlp.app import MLPService
 
     app = MLPService()
+    data_dir = platform_data_dir(tmp_path)  # reachable by the accounts when run as root
     app.initialize([
-        f"--data-dir={tmp_path}",
+        f"--data-dir={data_dir}",
         "--MLPService.backend_class=mlp.backends.kubernetes.KubernetesBackend",
         "--KubernetesBackend.namespace=jobs",
         "--KubernetesBackend.gang_timeout=42",
     ])
     assert isinstance(app.backend, KubernetesBackend)
     assert (app.backend.namespace, app.backend.gang_timeout) == ("jobs", 42.0)
-    assert app.backend.data_dir == str(tmp_path)
+    assert app.backend.data_dir == str(data_dir)
     json.dumps(app.backend.stop_grace_period)

@@ -70,7 +70,10 @@ def bhub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     hub = start_hub(tmp_path_factory.mktemp("bhub"),
                     ["--LocalProcessBackend.stop_grace_period=1",
                      "--MLPService.poll_interval=0.2", "--MLPService.sse_keepalive_interval=1"],
-                    QUOTA)
+                    QUOTA,
+                    # These tests are about the panel: log in with the shared password (the
+                    # explicit opt-in); per-user passwords are tested in tests/multiuser.
+                    extra_env={"MLP_AUTH": "shared"})
     for user in ("alice", "admin"):
         hub.user_token(user, admin=user == "admin")
     yield hub
@@ -156,14 +159,17 @@ def test_panel_lists_a_job_submitted_through_the_api_and_the_quota_bar_moves(
     from playwright.sync_api import expect
 
     bar = alice_lab.panel('[data-testid="mlp-quota-default-default-cpu"]')
-    expect(bar).to_have_attribute("data-used", "0")
+    # Her notebook server holds its own reservation in the same ledger.
+    server = api("GET", "/reservations").json()["reservations"]
+    held = sum(r["amount"].get("cpu", 0) for r in server)
+    expect(bar).to_have_attribute("data-used", f"{held:g}")
     job = api.submit({"name": "from-api", "source": {"inline": SLEEPY}, "tasks": cpu(1)})
     expect(alice_lab.row(job["id"])).to_have_attribute("data-state", "Running")
-    expect(bar).to_have_attribute("data-used", "1")
+    expect(bar).to_have_attribute("data-used", f"{held + 1:g}")
     alice_lab.shot("02-job-from-api-running-quota-moved")
     api("DELETE", f"/jobs/{job['id']}")
     expect(alice_lab.row(job["id"])).to_have_attribute("data-state", "Cancelled")
-    expect(bar).to_have_attribute("data-used", "0")
+    expect(bar).to_have_attribute("data-used", f"{held:g}")
 
 
 def test_logs_follow_and_a_job_cancelled_elsewhere_ends_the_viewer(alice_lab: Lab, api: Api):
@@ -253,7 +259,8 @@ def test_admin_grants_an_expansion_and_the_queued_job_starts(
 ):
     from playwright.sync_api import expect
 
-    first = api.submit({"name": "holder", "source": {"inline": SLEEPY}, "tasks": cpu(1.5)})
+    # The group's 2 cpu: alice's and admin's notebook servers hold 0.5 each, this job the rest.
+    first = api.submit({"name": "holder", "source": {"inline": SLEEPY}, "tasks": cpu(1)})
     api.wait(first["id"], {"Running"})
     # A job is admitted on an expansion only if its declared run time ends before the expiry.
     waiting = api.submit({"name": "waiting", "source": {"inline": SLEEPY}, "tasks": cpu(1.5),
