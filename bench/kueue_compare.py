@@ -8,7 +8,7 @@ benchmark (test/performance/scheduler/configs/baseline/generator.yaml), scaled d
   priority 200, every 1.2 s); `--scale` multiplies Kueue's counts (350, 100, 50 per queue).
 
 Both sides run every workload as a pod on kwok nodes that ends after its runtime (a kwok stage,
-tests/k8scluster.py), so both pay the same API server and scheduler costs: Kueue as a suspended
+mlp/devcluster.py), so both pay the same API server and scheduler costs: Kueue as a suspended
 batch/v1 Job with the queue-name label (Kueue's webhooks cannot be reached without kube-proxy,
 so Jobs are created suspended, as its docs allow), ours through JobManager + KubernetesBackend.
 
@@ -28,17 +28,15 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "k8s")]
+from mlp.devcluster import Cluster, NodeShape, free_port, start_cluster
 
-from k8scluster import Cluster, NodeShape, free_port, start_cluster  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 CLASSES = [  # name, cpu, runtime ms, priority, count per queue (Kueue's), interval ms
     ("small", 1, 200, 50, 350, 100),

@@ -23,10 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+from mlp.devhub import Hub, start_hub, stop_hub
 
-from mlptest import Hub, start_hub, stop_hub  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def spawn_once(hub: Hub, user: str) -> float:

@@ -1,15 +1,20 @@
 """A real JupyterHub + proxy + mlp service on free loopback ports, for the test suite and the
-benchmarks (bench/submit_latency.py): `start_hub`, `stop_hub`, REST calls as a user (`Api`).
+benchmarks (bench/submit_latency.py, bench/spawn.py): `start_hub`, `stop_hub`, REST calls as a
+user (`Api`), and the clean-up of what a hub's users leave behind (`remove_platform_leftovers`).
 
 Runs from a source checkout (it loads the repository's
 hub_config/mlp_hub_config/jupyterhub_config.py) with the proxy from the repository's
-node_modules (scripts/install.sh installs it).
+node_modules (scripts/install.sh installs it). As root (multi-user mode) every hub gets an
+account prefix and a cgroup parent of its own, removed again by `stop_hub`, so runs never meet
+accounts of an earlier run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +33,7 @@ HUB_CONFIG = REPO / "hub_config" / "mlp_hub_config" / "jupyterhub_config.py"
 
 @dataclass
 class Hub:
+    prefix: str
     url: str
     service_url: str
     admin_token: str
@@ -92,9 +98,47 @@ class Api:
             time.sleep(0.2)
 
 
-def start_hub(tmp: Path, extra_service_args: list[str], extra_service_config: str = "") -> Hub:
-    data_dir = tmp / "data"
-    data_dir.mkdir(parents=True)
+def make_python_reachable() -> None:
+    """The accounts run this interpreter: let them pass through the folders above it (o+x,
+    no listing), e.g. /root when Python was installed with pyenv as root."""
+    from mlp.isolation.process import unreachable_ancestor
+
+    while (parent := unreachable_ancestor(Path(sys.executable))) is not None:
+        os.chmod(parent, parent.stat().st_mode | 0o001)
+
+
+def platform_data_dir(tmp: Path) -> Path:
+    """A data directory the platform's accounts can reach: as root (multi-user mode) pytest's
+    own tmp folders are 0700, so the data directory goes under a 0711 folder in /tmp, linked
+    from `tmp` for inspection and removed by `stop_hub`."""
+    if os.geteuid() != 0:
+        data_dir = tmp / "data"
+        data_dir.mkdir(parents=True)
+        return data_dir
+    import tempfile
+
+    make_python_reachable()
+    base = Path(tempfile.mkdtemp(prefix="mlp-test-", dir="/tmp"))
+    os.chmod(base, 0o711)
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "data").symlink_to(base / "data")
+    (base / "data").mkdir()
+    return base / "data"
+
+
+def start_hub(
+    tmp: Path,
+    extra_service_args: list[str],
+    extra_service_config: str = "",
+    extra_hub_config: str = "",
+    extra_env: dict[str, str] | None = None,
+) -> Hub:
+    data_dir = platform_data_dir(tmp)
+    # A prefix of its own for the system accounts of this hub (removed by stop_hub), so test
+    # runs never meet accounts of an earlier run.
+    prefix = f"t{secrets.token_hex(2)}-"
+    shared = (f"c.MLPIsolation.account_prefix = {prefix!r}\n"
+              f"c.MLPIsolation.cgroup_parent = 'mlp-test-{prefix[:-1]}'\n")
     admin_token = secrets.token_hex(24)
     port, hub_port, proxy_port, service_port = (free_port() for _ in range(4))
     service_config = tmp / "mlp_test_config.py"
@@ -104,6 +148,7 @@ def start_hub(tmp: Path, extra_service_args: list[str], extra_service_config: st
         "c.QuotaConfig.pools = {'default': {'capacity': big},\n"
         "    'production': {'capacity': big, 'priority': 100, 'requires_promotion': True}}\n"
         "c.QuotaConfig.default_group_quota = {'limits': {'default': big}}\n"
+        + shared
         + extra_service_config
     )
     extra_service_args = [*extra_service_args, "--extra-config", str(service_config)]
@@ -121,6 +166,8 @@ c.JupyterHub.load_roles.append({{
 for s in c.JupyterHub.services:
     if s["name"] == "mlp":
         s["command"] = s["command"] + {extra_service_args!r}
+{shared}
+{extra_hub_config}
 """
     )
     env = dict(os.environ)
@@ -134,6 +181,7 @@ for s in c.JupyterHub.services:
         PATH=f"{REPO / 'node_modules' / '.bin'}{os.pathsep}{Path(sys.executable).parent}"
         f"{os.pathsep}{env.get('PATH', '')}",
     )
+    env.update(extra_env or {})
     env.pop("JUPYTERHUB_API_TOKEN", None)
     log_path = tmp / "hub.log"
     proc = subprocess.Popen(
@@ -145,6 +193,7 @@ for s in c.JupyterHub.services:
         start_new_session=True,
     )
     hub = Hub(
+        prefix=prefix,
         url=f"http://127.0.0.1:{port}",
         service_url=f"http://127.0.0.1:{service_port}/services/mlp/",
         admin_token=admin_token,
@@ -180,3 +229,56 @@ def stop_hub(hub: Hub) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(hub.proc.pid, signal.SIGKILL)
             hub.proc.wait()
+    if os.geteuid() == 0:
+        remove_platform_leftovers(hub.data_dir, hub.prefix)
+
+
+def remove_platform_leftovers(data_dir: Path, prefix: str) -> None:
+    """Kill what the hub's users still run, delete their system accounts and cgroups."""
+    import psutil
+
+    from mlp.isolation import MLPIsolation
+    from mlp.isolation.accounts import AccountManager
+
+    accounts = AccountManager(data_dir, prefix)
+    registry = accounts.registered()
+    uids = set(registry.values())
+    for p in psutil.process_iter(["uids"]):
+        if p.info["uids"] and p.info["uids"].real in uids:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+    for name in registry:
+        accounts.delete(name)
+    isolation = MLPIsolation(data_dir=str(data_dir), cgroup_parent=f"mlp-test-{prefix[:-1]}")
+    isolation.cgroups.remove_all()
+    if data_dir.parent.name.startswith("mlp-test-"):
+        shutil.rmtree(data_dir.parent, ignore_errors=True)
+
+
+def kill_mlp_service(hub: Hub) -> None:
+    """SIGKILL the hub's managed mlp service (a crash); the hub restarts it within ~30 s."""
+    import psutil
+
+    service = next(p for p in psutil.Process(hub.proc.pid).children(recursive=True)
+                   if "serve" in p.cmdline() and "mlp" in " ".join(p.cmdline()))
+    service.kill()
+    deadline = time.monotonic() + 10
+    # It stays a zombie until the hub's next poll reaps it; either way it no longer serves.
+    while service.is_running() and service.status() != psutil.STATUS_ZOMBIE:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the mlp service (pid {service.pid}) survived SIGKILL for 10 s")
+        time.sleep(0.05)
+
+
+def wait_for_service(api: Api, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if api("GET", "/jobs", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the mlp service did not answer within {timeout} s:\n"
+                               f"{api.hub.log_tail()}")
+        time.sleep(0.5)

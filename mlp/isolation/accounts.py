@@ -121,6 +121,10 @@ class AccountManager:
         os.replace(tmp, self.registry_path)
 
     # ------------------------------------------------------------------ lookups
+    def registered(self) -> dict[str, int]:
+        """Hub user name -> uid of every account the platform created (from its registry)."""
+        return {hub: int(str(e["uid"])) for hub, e in self._read().items()}
+
     def lookup(self, hub_name: str) -> Account | None:
         """The account the platform created for `hub_name`, or None if it has none yet."""
         entry = self._read().get(hub_name)

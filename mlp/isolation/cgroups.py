@@ -249,3 +249,17 @@ class CgroupDriver:
                 cg.remove()
             raise CgroupError(f"cannot set up cgroup {name}: {e}") from None
         return cg
+
+    def remove_all(self) -> None:
+        """Remove every cgroup under the parent (killing what runs there), then the parent:
+        for a platform being uninstalled, or a test hub being torn down."""
+        if not self.available:
+            return
+        names = {child.name for d in self._parent_dirs().values() if d.exists()
+                 for child in d.iterdir() if child.is_dir()}
+        for name in names:
+            with contextlib.suppress(CgroupError):
+                self.cgroup(name).remove()
+        for d in self._parent_dirs().values():
+            with contextlib.suppress(OSError):
+                d.rmdir()

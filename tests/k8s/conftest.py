@@ -17,12 +17,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from k8scluster import Cluster, NodeShape, start_cluster
 from k8skit import GROUP, POOL
 from kubernetes_asyncio import client as kclient
 from kubernetes_asyncio import config as kconfig
 from mlp_spawner.kube import QuotaKubeSpawner
 from mlptest import Hub
+
+from mlp.devcluster import Cluster, NodeShape, start_cluster
 
 NODES = {
     "cpu-0": NodeShape(cpu="8", memory="32Gi"),

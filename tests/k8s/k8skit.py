@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from k8scluster import Cluster
 from kubespawner.slugs import safe_slug
+
+from mlp.devcluster import Cluster
 
 POOL = "k8s"
 GROUP = "k8s-spawn"

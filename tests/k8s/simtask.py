@@ -1,5 +1,5 @@
 """The task program of the backend behaviour suite. With the local backend it runs; on kwok nodes
-the same environment makes kwok end the pod the same way (tests/k8scluster.py SIM_STAGE):
+the same environment makes kwok end the pod the same way (mlp/devcluster.py SIM_STAGE):
 SIM_<TYPE>_EXIT is the exit code after SIM_<TYPE>_RUN (e.g. "300ms", "2s"); without
 them the task runs until it is stopped."""
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from k8scluster import Cluster
 from mlptest import wait_for_state
 
 from mlp.backends.base import JobBackend
@@ -23,6 +22,7 @@ from mlp.core.manager import JobManager, ManagerSettings
 from mlp.core.quota import QuotaService, job_holder_id
 from mlp.core.spec import TaskSpec
 from mlp.core.states import JobState
+from mlp.devcluster import Cluster
 from mlp.scheduling import QuotaConfig, ScorePolicy
 from mlp.store import Store
 

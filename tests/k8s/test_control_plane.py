@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 import psutil
-from k8scluster import Cluster, NodeShape, start_cluster
+
+from mlp.devcluster import Cluster, NodeShape, start_cluster
 
 
 def pod_body(name: str, **env: str) -> dict:

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 import requests
-from k8scluster import Cluster
 from mlptest import Hub, start_hub, stop_hub
+
+from mlp.devcluster import Cluster
 
 pytestmark = pytest.mark.integration
 

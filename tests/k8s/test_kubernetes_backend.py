@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from k8scluster import Cluster, NodeShape
 from mlptest import platform_data_dir, wait_for_state
 from tcpproxy import FlakyProxy
 from test_backend_suite import Harness, job
@@ -20,6 +19,7 @@ from test_backend_suite import Harness, job
 from mlp.backends.kubernetes import KubernetesBackend
 from mlp.core.quota import job_holder_id
 from mlp.core.states import JobState
+from mlp.devcluster import Cluster, NodeShape
 
 
 @pytest.fixture

@@ -130,7 +130,7 @@ async def test_a_home_claim_owned_by_someone_else_is_refused(make_spawner, ledge
 
 async def test_mlp_service_down_refuses_clearly_and_creates_nothing(make_spawner, namespace,
                                                                     kube_client):
-    from k8scluster import free_port
+    from mlp.devcluster import free_port
 
     sp = make_spawner("pat", mlp_api_url=f"http://127.0.0.1:{free_port()}/services/mlp/api/v1",
                       mlp_api_retries=2, mlp_api_backoff=0.1)

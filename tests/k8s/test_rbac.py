@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import yaml
-from k8scluster import REPO, Cluster
 from k8skit import HOME, pv, reservations
 from kubernetes_asyncio import client as kclient
 from kubernetes_asyncio import config as kconfig
@@ -19,6 +18,7 @@ from test_backend_suite import Harness, job
 
 from mlp.backends.kubernetes import KubernetesBackend
 from mlp.core.states import JobState
+from mlp.devcluster import REPO, Cluster
 
 MANIFESTS = REPO / "hub_config" / "k8s"
 

@@ -1,10 +1,14 @@
-"""A real Kubernetes control plane on loopback for the tests and benchmarks: etcd, kube-apiserver
+"""A real Kubernetes control plane on loopback for the tests and the benchmarks
+(bench/kueue_compare.py): etcd, kube-apiserver
 (RBAC on, service-account keys, an admin client certificate), kube-controller-manager,
 kube-scheduler and kwok (simulated nodes of a chosen shape; their pods run nothing).
 
 The binaries come from scripts/k8s-build.sh (built once into a cache outside the checkout).
 Every process runs in its own process group and is killed with it at `stop()`; readiness is
 each component's health endpoint (or, for kwok, its nodes turning Ready), never a fixed sleep.
+
+Longer than 500 lines because it is one launcher: the PKI, the kubeconfigs and the five
+components' command lines belong together, and splitting them would scatter one start order.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -23,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mlp.core.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "scripts" / "k8s-build.sh"
@@ -79,12 +84,6 @@ spec:
       phase: {{{{ if eq $code "0" }}}}Succeeded{{{{ else }}}}Failed{{{{ end }}}}
 """
 SIM_ROLES = ("chief", "worker", "ps", "evaluator")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bin_dir() -> Path:
