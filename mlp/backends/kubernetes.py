@@ -3,11 +3,16 @@
 Select it with `c.MLPService.backend_class = "mlp.backends.kubernetes.KubernetesBackend"`.
 The objects (mlp/backends/k8s_objects.py) are a parent ConfigMap owning a headless Service and
 the task pods, so one delete removes everything. Resources are requests = limits as the ledger
-reserved them. State comes from a watch-fed pod cache (mlp/backends/k8s_client.py).
+reserved them. State comes from watch-fed caches of the pods and the nodes
+(mlp/backends/k8s_client.py).
 
 Gang safety: the ledger admitted the whole gang, but the cluster may still not place it (other
 tenants, a node gone). If not every pod of an attempt runs within `gang_timeout` seconds, the
 attempt is deleted, its quota released and the job requeued (as Kueue's waitForPodsReady does).
+
+Lost nodes: a node that is deleted, or not Ready for `node_lost_grace` seconds, while a task runs
+on it fails the job (or requeues it, `node_lost_action`) with a reason naming the node and the
+tasks, without waiting for Kubernetes' own eviction (300 s by default) or pod garbage collection.
 """
 
 from __future__ import annotations
@@ -21,21 +26,21 @@ from typing import Any
 
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
-from traitlets import Dict, Float, Integer, List, Unicode
+from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode
 
 from mlp.backends.base import JobBackend, JobLaunch, Observation, SetupError, TaskStatus
 from mlp.backends.k8s_client import (
     KubernetesUnavailable,
+    NodeCache,
     PodCache,
     Retrying,
-    api_message,
+    check_home_claim,
     copy_pod_log,
+    create_or_adopt,
     default_namespace,
     make_api_client,
 )
 from mlp.backends.k8s_objects import (
-    ATTEMPT,
-    JOB_ID,
     JobObjects,
     PodSettings,
     exit_code,
@@ -85,6 +90,25 @@ class KubernetesBackend(JobBackend):
         is deleted, its quota released and the job requeued with the scheduler's reason
         (as Kueue's waitForPodsReady).""",
     )
+    watch_nodes = Bool(
+        True,
+        config=True,
+        help="""Watch nodes to notice one lost while tasks run on it (needs ClusterRole mlp-nodes,
+        hub_config/k8s/mlp-rbac.yaml). Off: such jobs end when Kubernetes removes their pods.""",
+    )
+    node_lost_grace = Float(
+        60.0,
+        config=True,
+        help="""Seconds a node may stay NotReady (or Unknown) before the jobs with tasks on it are
+        given up (Kubernetes marks a node NotReady only after its own grace, 40-50 s without a
+        heartbeat). A deleted node counts at once.""",
+    )
+    node_lost_action = Enum(
+        ["fail", "requeue"],
+        "fail",
+        config=True,
+        help="A job whose node is lost fails, or is requeued (its quota released; it starts anew).",
+    )
     service_account = Unicode("", config=True, help="Service account of the task pods.")
     node_selector = Dict(config=True, help="nodeSelector of the task pods.")
     tolerations = List(Dict(), config=True, help="Tolerations of the task pods.")
@@ -118,10 +142,12 @@ class KubernetesBackend(JobBackend):
         self._api: client.ApiClient | None = None
         self._api_lock: asyncio.Lock | None = None
         self.cache: PodCache | None = None
+        self.nodes: NodeCache | None = None
         self._stopping: set[str] = set()  # pods we deleted ourselves
         self._created: dict[str, float] = {}  # pods this process created, not seen yet
         self._log_fetch: dict[str, float] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._closed = False
 
     # ------------------------------------------------------------------ plumbing
     @property
@@ -132,6 +158,8 @@ class KubernetesBackend(JobBackend):
         return Retrying(self.log, self.api_retries, self.api_retry_backoff, self.api_timeout)
 
     async def api(self) -> client.ApiClient:
+        if self._closed:
+            raise RuntimeError("the Kubernetes backend is closed (the service is stopping)")
         if self._api is None:
             if self._api_lock is None:
                 self._api_lock = asyncio.Lock()
@@ -142,6 +170,8 @@ class KubernetesBackend(JobBackend):
         return self._api
 
     def _ensure_watch(self) -> None:
+        if self._closed:
+            return
         if self._api is None:
             # observe/adopt are synchronous: connect in the background on first use.
             with contextlib.suppress(RuntimeError):
@@ -150,6 +180,10 @@ class KubernetesBackend(JobBackend):
         if self.cache is None:
             self.cache = PodCache(self._api, self.ns, self.log, self.watch_timeout)
         self.cache.start()
+        if self.watch_nodes:
+            if self.nodes is None:
+                self.nodes = NodeCache(self._api, self.log, self.watch_timeout)
+            self.nodes.start()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -157,10 +191,12 @@ class KubernetesBackend(JobBackend):
         task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
+        self._closed = True  # nothing reconnects or restarts a watch after this
         for task in list(self._background):
             task.cancel()
-        if self.cache is not None:
-            await self.cache.stop()
+        for cache in (self.cache, self.nodes):
+            if cache is not None:
+                await cache.stop()
         if self._api is not None:
             await self._api.close()
             self._api = None
@@ -172,7 +208,7 @@ class KubernetesBackend(JobBackend):
         )
         state: dict[str, Any] = {
             "namespace": objs.namespace,
-            "parent": objs.parent,
+            "parent": None,  # set once it is ours: a failed start never deletes another's
             "attempt": launch.attempt,
             "submitted_at": time.time(),
             "tasks": [],
@@ -196,7 +232,7 @@ class KubernetesBackend(JobBackend):
         spec = launch.spec
         core = client.CoreV1Api(await self.api())
         call = self._retrying()
-        parent = await self._create(
+        parent = await create_or_adopt(
             call,
             "create the job's ConfigMap",
             core.create_namespaced_config_map,
@@ -206,8 +242,8 @@ class KubernetesBackend(JobBackend):
             objs.parent_manifest(spec),
         )
         uid = parent["uid"]
-        state["parent_uid"] = uid
-        await self._create(
+        state["parent"], state["parent_uid"] = objs.parent, uid
+        await create_or_adopt(
             call,
             "create the job's headless Service",
             core.create_namespaced_service,
@@ -224,7 +260,7 @@ class KubernetesBackend(JobBackend):
             service_account=self.service_account,
             node_selector=dict(self.node_selector),
             tolerations=list(self.tolerations),
-            home_claim=self._home_claim(launch.user),
+            home_claim=await self._home_claim(core, call, launch.user),
             home_mount=self.home_mount,
             gpu_resource=self.gpu_resource,
         )
@@ -240,7 +276,7 @@ class KubernetesBackend(JobBackend):
             for index in range(t.count):
                 name = objs.pod(role, index)
                 body = pod_manifest(objs, spec, role, index, uid, settings, base_env)
-                await self._create(
+                await create_or_adopt(
                     call,
                     f"create pod {name}",
                     core.create_namespaced_pod,
@@ -260,51 +296,15 @@ class KubernetesBackend(JobBackend):
                     }
                 )
 
-    def _home_claim(self, user: str) -> str:
+    async def _home_claim(self, core: client.CoreV1Api, call: Retrying, user: str) -> str:
+        """The user's home claim, after checking that it exists and is theirs."""
         if not self.home_claim_template:
             return ""
         from kubespawner.slugs import safe_slug
 
-        return self.home_claim_template.format(username=safe_slug(user))
-
-    async def _create(
-        self,
-        call: Retrying,
-        what: str,
-        create: Any,
-        read: Any,
-        objs: JobObjects,
-        name: str,
-        body: dict[str, Any],
-    ) -> dict[str, Any]:
-        """Create an object; after a retry whose first try did land, adopt it instead of
-        failing (the names are deterministic, so a retry never makes a duplicate)."""
-        try:
-            created = await call(what, create, objs.namespace, body)
-            return {"uid": created.metadata.uid}
-        except ApiException as e:
-            if e.status == 409:
-                existing = await call(f"read {name}", read, name, objs.namespace)
-                labels = existing.metadata.labels or {}
-                if labels.get(JOB_ID) == str(objs.job_id) and labels.get(ATTEMPT) == str(
-                    objs.attempt
-                ):
-                    return {"uid": existing.metadata.uid}
-                raise SetupError(
-                    f"cannot {what}: {name} already exists in namespace {objs.namespace} and "
-                    "is not this job's; delete it or use another namespace"
-                ) from None
-            message = api_message(e)
-            if e.status == 403 and "exceeded quota" in message:
-                raise SetupError(
-                    f"the namespace's ResourceQuota refused it: cannot {what}: {message}"
-                ) from None
-            if e.status == 403:
-                raise SetupError(
-                    f"the mlp service may not {what} in namespace {objs.namespace}: {message}; "
-                    "check its RBAC role (hub_config/k8s/mlp-rbac.yaml)"
-                ) from None
-            raise SetupError(f"cannot {what}: HTTP {e.status}: {message}") from None
+        claim = self.home_claim_template.format(username=safe_slug(user))
+        await check_home_claim(core, call, self.ns, claim, user)
+        return claim
 
     # ------------------------------------------------------------------ observe
     def observe_job(self, job_id: int, backend_state: dict[str, Any]) -> Observation:
@@ -313,16 +313,19 @@ class KubernetesBackend(JobBackend):
         tasks = backend_state.get("tasks", [])
         if cache is None or not cache.synced or not tasks:
             return Observation()  # nothing known yet: the manager waits
+        node_lost = self.nodes and self.nodes.lost_tasks(
+            tasks, cache, self._stopping, self.node_lost_grace
+        )
+        if node_lost and self.node_lost_action == "requeue":
+            return Observation(
+                requeue=f"{node_lost}; its quota was released and it waits in the queue again"
+            )
+        if node_lost:
+            return Observation(lost=node_lost)
         obs = Observation()
         pending: list[str] = []
         for t in tasks:
-            status = TaskStatus(
-                name=t["name"],
-                type=t["type"],
-                index=t["index"],
-                running=True,
-                address=t.get("address"),
-            )
+            status = _running(t)
             obs.tasks.append(status)
             pod = cache.pods.get(t["pod"])
             if pod is None:
@@ -377,18 +380,7 @@ class KubernetesBackend(JobBackend):
             return Observation(
                 lost="lost after restart: the service stopped before the job's pods were created"
             )
-        return Observation(
-            tasks=[
-                TaskStatus(
-                    name=t["name"],
-                    type=t["type"],
-                    index=t["index"],
-                    running=True,
-                    address=t.get("address"),
-                )
-                for t in tasks
-            ]
-        )
+        return Observation(tasks=[_running(t) for t in tasks])
 
     # ------------------------------------------------------------------ stop
     async def stop(
@@ -409,7 +401,8 @@ class KubernetesBackend(JobBackend):
                     core.delete_namespaced_pod,
                     pod,
                     ns,
-                    grace_period_seconds=grace,
+                    # No kubelet will ever confirm the end of a pod whose node is gone.
+                    grace_period_seconds=0 if self._on_gone_node(pod) else grace,
                 )
         if tasks is None:
             parent = backend_state.get("parent")
@@ -425,6 +418,10 @@ class KubernetesBackend(JobBackend):
             else:
                 await self._delete_by_labels(job_id)
         await self._wait_gone(core, ns, targets, grace + 10.0)
+
+    def _on_gone_node(self, pod: str) -> bool:
+        node = ((self.cache.pods.get(pod) if self.cache else None) or {}).get("spec", {})
+        return bool(self.nodes and self.nodes.gone(node.get("nodeName", "")))
 
     async def _wait_gone(
         self, core: client.CoreV1Api, ns: str, pods: list[str], timeout: float
@@ -493,3 +490,7 @@ class KubernetesBackend(JobBackend):
         return await copy_pod_log(
             client.CoreV1Api(await self.api()), ns, pod, path, self.log_timeout
         )
+
+
+def _running(t: dict[str, Any]) -> TaskStatus:
+    return TaskStatus(t["name"], t["type"], t["index"], running=True, address=t.get("address"))

@@ -47,11 +47,14 @@ def test_roles_grant_no_more_than_needed(k8s: Cluster, service_accounts: str):
         assert k8s.can(user, "create", "pods", ns)
         assert not k8s.can(user, "get", "secrets", ns)
         assert not k8s.can(user, "create", "pods", "kube-system")
-        assert not k8s.can(user, "list", "nodes")
+        assert not k8s.can(user, "update", "nodes")
+        assert not k8s.can(user, "delete", "nodes")
         assert not k8s.can(user, "update", "pods", ns)
         assert not k8s.can(user, "create", "namespaces")
         assert not k8s.can(user, "create", "rolebindings", ns)
     assert k8s.can(sa(ns, "mlp"), "get", "pods", ns, "log")
+    assert k8s.can(sa(ns, "mlp"), "watch", "nodes")  # to notice a node lost under a job
+    assert not k8s.can(sa(ns, "hub"), "list", "nodes")
     assert not k8s.can(sa(ns, "hub"), "get", "pods", ns, "log")
     assert not k8s.can(sa(ns, "mlp"), "create", "persistentvolumeclaims", ns)
     assert not k8s.can(sa(ns, "hub"), "create", "configmaps", ns)
@@ -79,6 +82,9 @@ async def test_job_backend_under_the_mlp_service_account(k8s: Cluster, service_a
         assert running.job_state == JobState.RUNNING, running.reason
         backend = m.backend
         assert isinstance(backend, KubernetesBackend)
+        assert backend.nodes is not None
+        await backend.nodes.wait_synced()  # the ClusterRole mlp-nodes lets it watch nodes
+        assert backend.nodes.forbidden is None and backend.nodes.objects
         paths = backend.log_paths(j.id, running.backend_state)
         text = await backend.fetch_log(ns, f"mlp-job-{j.id}-1-worker-0", Path(paths["worker:0"]))
         assert "Forbidden" not in text and "forbidden" not in text, text
