@@ -57,6 +57,7 @@ class Workload:
     created: float = 0.0
     admitted: float | None = None
     finished: float | None = None
+    ok: bool = False  # ended successfully
 
 
 @dataclass
@@ -67,27 +68,46 @@ class Result:
 
     def metrics(self, queues: list[str]) -> dict[str, float]:
         adm = [w for w in self.workloads if w.admitted is not None]
-        last = max(w.admitted for w in adm) - self.start if adm else float("nan")
+        times = {id(w): w.admitted or 0.0 for w in adm}
+        last = max(times.values()) - self.start if adm else float("nan")
         end = max((w.finished or w.admitted or 0) for w in adm) - self.start if adm else 1.0
         used = sum(w.cpu * w.runtime_ms / 1000 for w in adm)
         capacity = NOMINAL * len(queues) * max(end, 1e-9)
-        shares = []
-        for q in queues:
-            demand = sum(w.cpu * w.runtime_ms for w in self.workloads if w.queue == q)
-            got = sum(w.cpu * w.runtime_ms for w in adm if w.queue == q)
-            shares.append(got / demand if demand else 1.0)
-        jain = sum(shares) ** 2 / (len(shares) * sum(s * s for s in shares)) if shares else 1.0
-        out = {
+        out: dict[str, float] = {
+            "workloads": len(self.workloads),
             "admitted": len(adm),
+            "succeeded": sum(w.ok for w in self.workloads),
             "admissions_per_s": len(adm) / last if last > 0 else float("nan"),
             "last_admitted_s": last,
             "utilisation": used / capacity,
-            "fairness": jain,
+            "fairness": self.fairness(queues),
         }
         for cls, *_ in CLASSES:
-            waits = [w.admitted - w.created for w in adm if w.cls == cls]
+            waits = [times[id(w)] - w.created for w in adm if w.cls == cls]
             out[f"wait_{cls}_s"] = statistics.mean(waits) if waits else float("nan")
         return out
+
+    def fairness(self, queues: list[str]) -> float:
+        """Jain's index of the queues' progress (admitted cpu-seconds / their demand) at the
+        moment half of all work has been admitted. Every queue asks for the same work, so a
+        fair scheduler has moved them on alike by then (1.0); at the end every scheduler that
+        admits everything would score 1.0, which says nothing."""
+        demand = {q: 0.0 for q in queues}
+        for w in self.workloads:
+            demand[w.queue] += w.cpu * w.runtime_ms
+        admitted = sorted((w for w in self.workloads if w.admitted is not None),
+                          key=lambda w: w.admitted or 0.0)
+        half = sum(demand.values()) / 2
+        got = {q: 0.0 for q in queues}
+        total = 0.0
+        for w in admitted:
+            got[w.queue] += w.cpu * w.runtime_ms
+            total += w.cpu * w.runtime_ms
+            if total >= half:
+                break
+        shares = [got[q] / demand[q] for q in queues if demand[q]]
+        squares = sum(x * x for x in shares)
+        return sum(shares) ** 2 / (len(shares) * squares) if squares else float("nan")
 
 
 def plan(cohorts: int, queues: int, scale: float) -> tuple[list[str], list[Workload]]:
@@ -112,6 +132,7 @@ async def run_ours(k8s: Cluster, queues: list[str], loads: list[Workload], ns: s
     from mlp.core.manager import JobManager, ManagerSettings
     from mlp.core.quota import QuotaService
     from mlp.core.spec import TaskSpec
+    from mlp.core.states import JobState
     from mlp.scheduling import QuotaConfig, ScorePolicy
     from mlp.store import Store
 
@@ -154,13 +175,16 @@ async def run_ours(k8s: Cluster, queues: list[str], loads: list[Workload], ns: s
             by_id[job.id] = w
             pending.add(job.id)
             m.kick()
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + 900
+        ended = [JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED]
         while pending and time.monotonic() < deadline:
-            for jid in list(pending):
-                if m.get(jid).job_state.terminal:
-                    by_id[jid].finished = time.monotonic()
-                    pending.discard(jid)
-            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            for j in store.list_jobs(states=ended):  # one query, not one per job
+                if j.id in pending:
+                    by_id[j.id].finished = now
+                    by_id[j.id].ok = j.job_state == JobState.SUCCEEDED
+                    pending.discard(j.id)
+            await asyncio.sleep(0.1)
     finally:
         await m.stop()
         await backend.close()
@@ -285,11 +309,35 @@ async def run_kueue(k8s: Cluster, queues: list[str], loads: list[Workload], ns: 
                     "resources": {"requests": {"cpu": str(w.cpu)},
                                   "limits": {"cpu": str(w.cpu)}}}]}}}})
     try:
-        await asyncio.wait_for(watcher, 600)
+        await asyncio.wait_for(watcher, 900)
+    except TimeoutError:
+        print(f"kueue: not every workload finished within 900 s in {ns}", flush=True)
     finally:
         stop.set()
     result.workloads = loads
     return result
+
+
+def clean_up(k8s: Cluster, ns: str, side: str) -> None:
+    """Remove a run's namespace (and Kueue's cluster-scoped queues), and wait until it is
+    gone, so every run starts on the same empty cluster."""
+    import urllib.error
+
+    k8s.request("DELETE", f"/api/v1/namespaces/{ns}")
+    if side == "kueue":
+        api = "/apis/kueue.x-k8s.io/v1beta2/clusterqueues"
+        for cq in k8s.request("GET", api)["items"]:
+            if cq["metadata"]["name"].startswith(f"{ns}-"):
+                k8s.request("DELETE", f"{api}/{cq['metadata']['name']}")
+
+    def gone() -> bool:
+        try:
+            k8s.request("GET", f"/api/v1/namespaces/{ns}")
+            return False
+        except urllib.error.HTTPError as e:
+            return e.code == 404
+
+    k8s.wait_for(gone, f"namespace {ns} deleted", "kube-controller-manager", timeout=600)
 
 
 def _watch_jobs(k8s: Cluster, ns: str, by_name: dict[str, Workload], total: int,
@@ -316,34 +364,76 @@ def _watch_jobs(k8s: Cluster, ns: str, by_name: dict[str, Workload], total: int,
                     w.admitted = now
                 if w.finished is None and obj.get("status", {}).get("succeeded"):
                     w.finished = now
+                    w.ok = True
                     done += 1
                     if done >= total:
                         return
 
 
 # ----------------------------------------------------------------------------- main
+KEYS = [  # metric, label, format
+    ("admissions_per_s", "admissions/s", "{:.2f}"),
+    ("last_admitted_s", "time to admit the last workload (s)", "{:.1f}"),
+    ("utilisation", "utilisation (admitted cpu-s / (quota x makespan))", "{:.3f}"),
+    ("fairness", "fairness (Jain's index of queue progress at half the work)", "{:.3f}"),
+    ("wait_small_s", "mean wait, small (s)", "{:.2f}"),
+    ("wait_medium_s", "mean wait, medium (s)", "{:.2f}"),
+    ("wait_large_s", "mean wait, large (s)", "{:.2f}"),
+]
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """median (min-max)"""
+    med = statistics.median(values)
+    if len(values) == 1:
+        return fmt.format(med)
+    return f"{fmt.format(med)} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def table(rows: dict[str, list[dict[str, float]]]) -> str:
+    """Both columns and the ratio of each run with its partner run (the same pair of the
+    alternation), as medians with min-max."""
+    lines = ["| metric | mlp | Kueue | mlp/Kueue, same pair |", "|---|---:|---:|---:|"]
+    for key in ("workloads", "admitted", "succeeded"):
+        na = sorted({int(r[key]) for r in rows["mlp"]})
+        nb = sorted({int(r[key]) for r in rows["kueue"]})
+        lines.append(f"| {key} per run | {'/'.join(map(str, na))} | {'/'.join(map(str, nb))} | |")
+    for key, label, fmt in KEYS:
+        a: list[float] = [r[key] for r in rows["mlp"]]
+        b: list[float] = [r[key] for r in rows["kueue"]]
+        ratios = [x / y for x, y in zip(a, b, strict=True) if y]
+        lines.append(f"| {label} | {spread(a, fmt)} | {spread(b, fmt)} | "
+                     f"{spread(ratios, '{:.2f}') if ratios else ''} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scale", type=float, default=0.04)
+    ap.add_argument("--scale", type=float, default=0.1)
     ap.add_argument("--cohorts", type=int, default=2)
     ap.add_argument("--queues", type=int, default=3)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=3, help="pairs; the order alternates per pair")
+    ap.add_argument("--json", type=Path, help="also write every run's metrics here")
     args = ap.parse_args()
-    queues, _ = plan(args.cohorts, args.queues, args.scale)
+    command = "python bench/kueue_compare.py " + " ".join(
+        f"--{k} {v}" for k, v in vars(args).items() if v is not None)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    queues, loads0 = plan(args.cohorts, args.queues, args.scale)
     total_cpu = NOMINAL * len(queues)
     nodes = {f"node-{i}": NodeShape(cpu="64", memory="256Gi", pods=500)
              for i in range(max(1, total_cpu // 64 + 1))}
+    rows: dict[str, list[dict[str, float]]] = {"mlp": [], "kueue": []}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.monotonic()
         k8s = start_cluster(Path(tmp) / "k8s", nodes)
         try:
             print(f"cluster ready in {time.monotonic() - t0:.1f} s; starting Kueue", flush=True)
             start_kueue(k8s, Path(tmp))
-            rows: dict[str, list[dict[str, float]]] = {"mlp": [], "kueue": []}
             for run in range(args.runs):
                 for side in ("mlp", "kueue") if run % 2 == 0 else ("kueue", "mlp"):
                     names, loads = plan(args.cohorts, args.queues, args.scale)
                     ns = f"{side}-{run}"
+                    t1 = time.monotonic()
                     if side == "mlp":
                         work = Path(tmp) / ns
                         work.mkdir()
@@ -351,20 +441,17 @@ def main() -> None:
                     else:
                         res = asyncio.run(run_kueue(k8s, names, loads, ns))
                     rows[side].append(res.metrics(names))
-                    print(f"run {run} {side}: {json.dumps(rows[side][-1])}", flush=True)
+                    print(f"run {run} {side} ({time.monotonic() - t1:.0f} s): "
+                          f"{json.dumps(rows[side][-1])}", flush=True)
+                    clean_up(k8s, ns, side)
         finally:
             k8s.stop()
-    n = len(plan(args.cohorts, args.queues, args.scale)[1])
-    print(f"\n{len(queues)} queues in {args.cohorts} cohorts, {n} workloads per run, "
-          f"medians of {args.runs} alternated runs")
-    keys = ["admissions_per_s", "last_admitted_s", "utilisation", "fairness",
-            "wait_small_s", "wait_medium_s", "wait_large_s"]
-    print(f"| {'metric':18} | {'mlp':>9} | {'Kueue':>9} | {'mlp/Kueue':>9} |")
-    print(f"|{'-' * 20}|{'-' * 11}|{'-' * 11}|{'-' * 11}|")
-    for k in keys:
-        a = statistics.median(r[k] for r in rows["mlp"])
-        b = statistics.median(r[k] for r in rows["kueue"])
-        print(f"| {k:18} | {a:9.3f} | {b:9.3f} | {a / b if b else float('nan'):9.2f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"command": command, "started": started, **rows},
+                                        indent=1))
+    print(f"\n{command} ({started}): {len(queues)} queues in {args.cohorts} cohorts, "
+          f"{len(loads0)} workloads per run, {args.runs} alternated pairs; median (min-max)\n")
+    print(table(rows))
 
 
 if __name__ == "__main__":
