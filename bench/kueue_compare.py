@@ -12,12 +12,14 @@ mlp/devcluster.py), so both pay the same API server and scheduler costs: Kueue a
 batch/v1 Job with the queue-name label (Kueue's webhooks cannot be reached without kube-proxy,
 so Jobs are created suspended, as its docs allow), ours through JobManager + KubernetesBackend.
 
-Reports, medians of alternated runs: admissions/s, time to admit the last workload, utilisation
-(admitted cpu-seconds / (total nominal quota x makespan)), fairness (Jain's index of the queues'
-admitted cpu-seconds over their demand), mean time to admission per class.
+Runs `--runs` pairs, the order alternating (mlp, Kueue; Kueue, mlp; ...), each run in a fresh
+namespace deleted before the next. Reports medians (min-max) of: admissions/s, time to admit the
+last workload, utilisation (admitted cpu-seconds / (total nominal quota x makespan)), fairness
+(Jain's index of the queues' progress, admitted cpu-seconds over demand, when half of all work
+is admitted), mean time to admission per class; and the median of each pair's own ratio.
 
 Needs `scripts/k8s-build.sh --with-kueue`. Usage: .venv/bin/python bench/kueue_compare.py
-[--scale 0.04] [--cohorts 2] [--queues 3] [--runs 3]
+[--scale 0.1] [--cohorts 2] [--queues 3] [--runs 3] [--json FILE]
 """
 
 from __future__ import annotations
