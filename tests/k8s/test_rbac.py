@@ -4,6 +4,8 @@ fails these tests; the reviews below fail if the roles grant more than they shou
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,40 @@ async def test_job_backend_under_the_mlp_service_account(k8s: Cluster, service_a
         paths = backend.log_paths(j.id, running.backend_state)
         text = await backend.fetch_log(ns, f"mlp-job-{j.id}-1-worker-0", Path(paths["worker:0"]))
         assert "Forbidden" not in text and "forbidden" not in text, text
+        await m.cancel(j.id, "alice")
+        await h.tasks_gone(m, j.id)
+    finally:
+        await m.stop()
+        await m.backend.close()  # type: ignore[attr-defined]
+
+
+async def test_without_the_node_grant_jobs_run_and_the_log_says_what_is_missing(
+        k8s: Cluster, namespace: str, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    for doc in load("mlp-rbac.yaml", namespace):
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):  # no ClusterRole mlp-nodes
+            k8s.apply_manifest(doc)
+    assert not k8s.can(sa(namespace, "mlp"), "watch", "nodes")
+    kubeconfig = k8s.token_kubeconfig(namespace, "mlp", tmp_path / "mlp.kubeconfig")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    log = logging.getLogger("test.k8s.no-node-grant")
+    caplog.set_level(logging.WARNING, logger=log.name)
+    h = Harness("kubernetes", data_dir, lambda: KubernetesBackend(
+        kubeconfig=str(kubeconfig), namespace=namespace, stop_grace_period=1.0,
+        data_dir=str(data_dir), image="python:3.12-slim", log=log))
+    m = h.manager()
+    try:
+        j = m.submit("alice", job("no-nodes", {"worker": 1}))
+        running = await wait_for_state(m, j.id, {JobState.RUNNING, JobState.FAILED}, 60)
+        assert running.job_state == JobState.RUNNING, running.reason
+        backend = m.backend
+        assert isinstance(backend, KubernetesBackend) and backend.nodes is not None
+        for _ in range(1200):
+            if backend.nodes.forbidden:
+                break
+            await asyncio.sleep(0.05)
+        assert backend.nodes.forbidden and "nodes" in backend.nodes.forbidden
+        assert "may not watch nodes" in caplog.text and "ClusterRole mlp-nodes" in caplog.text
         await m.cancel(j.id, "alice")
         await h.tasks_gone(m, j.id)
     finally:
