@@ -105,6 +105,11 @@ class Reservation(Response):
     pool: str
     amount: Resources
     since: Timestamp | None
+    devices: list[str] = Field(
+        description="the GPU devices of the pool the ledger allocated to this reservation, "
+        "one per reserved gpu, held by no other job or server: the server's "
+        'CUDA_VISIBLE_DEVICES is these joined by commas ("" when empty, so it sees no GPU)'
+    )
 
 
 class Job(Response):

@@ -402,7 +402,12 @@ class JobManager:
                 )
                 return
             launch = JobLaunch(
-                job_id=job.id, user=job.user, spec=spec, python=python, attempt=job.attempt
+                job_id=job.id,
+                user=job.user,
+                spec=spec,
+                python=python,
+                attempt=job.attempt,
+                devices=self.quota.ledger.holder(job_holder_id(job.id)).devices,
             )
             try:
                 state = await self.backend.submit(launch)

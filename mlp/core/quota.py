@@ -91,6 +91,7 @@ def _holder_row(h: Holder) -> HolderRow:
         priority=h.priority,
         admitted_at=h.admitted_at,
         until=h.until,
+        devices=list(h.devices),
     )
 
 
@@ -106,6 +107,7 @@ def _holder(row: HolderRow, extra: Iterable[str]) -> Holder:
         priority=row.priority,
         admitted_at=row.admitted_at,
         until=row.until,
+        devices=tuple(str(d) for d in row.devices or ()),
     )
 
 
@@ -192,7 +194,18 @@ class QuotaService:
             pools.values(), groups.values(), expansions, holders, now=now
         )
         self.scheduler = QueueScheduler(self.ledger, self.policy, backfill=self.backfill)
-        return self.ledger.advance(now)
+        preempted = self.ledger.advance(now)
+        self._store_devices()
+        return preempted
+
+    def _store_devices(self) -> None:
+        """Record devices the ledger (re)allocated: rows from before devices were kept, or
+        naming a device its pool no longer lists."""
+        with self.store.session() as s:
+            stored = {r.id: r.devices for r in s.scalars(select(HolderRow))}
+            for holder in self.ledger.holders():
+                if holder.id in stored and stored[holder.id] != list(holder.devices):
+                    s.merge(_holder_row(holder))
 
     # ------------------------------------------------------------------ demands
     def demand_for(self, job: Job) -> Demand:
@@ -282,6 +295,7 @@ class QuotaService:
         preempted = self.ledger.set_pool(pool)
         with self.store.session() as s:
             s.merge(PoolRow(name=name, spec=spec, updated_at=time.time(), updated_by=by))
+        self._store_devices()
         self.scheduler.rescore()
         return preempted
 
