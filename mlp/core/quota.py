@@ -289,6 +289,17 @@ class QuotaService:
         return preempted
 
     def set_pool(self, name: str, spec: dict[str, Any], by: str) -> list[Preemption]:
+        old = self.ledger.pools.get(name)
+        if "devices" not in spec and old is not None and old.devices is not None:
+            # the admin API sets capacities only: a configured device list stays while the
+            # gpu count does not change (else the indices 0..n-1 apply, as without a list)
+            gpu = (
+                parse_resources(spec.get("capacity") or {}, self.config.extra_resources).gpu
+                if isinstance(spec.get("capacity"), dict)
+                else 0
+            )
+            if gpu == len(old.devices):
+                spec = {**spec, "devices": list(old.devices)}
         # build_pools insists on a default pool; only `name` is taken from the result.
         cfg = self._derive(pools={DEFAULT_POOL: {"capacity": "machine"}, name: spec})
         pool = cfg.build_pools(self.machine)[name]

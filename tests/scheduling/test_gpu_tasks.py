@@ -115,3 +115,27 @@ async def test_a_restart_keeps_allocations_and_servers_never_share_with_jobs(man
     assert await task_envs(later) == {"worker:0": server.devices[0]}
     for j in (job, later):
         await m2.cancel(j.id, j.user)
+
+
+async def test_a_configured_device_list_survives_an_admin_capacity_change(manager_factory):
+    listed = {
+        "pools": {"default": {"capacity": {"cpu": 8, "memory": "8Gi"}, "devices": ["7", "5"]}},
+        "default_group_quota": {"limits": {"default": GPUS2}},
+    }
+    m1 = manager_factory(quota=listed)
+    held = m1.quota.reserve_server(
+        "server:bob/", "bob", "default", "default", Resources(cpu=1, gpu=1), time.time()
+    )
+    assert held.devices == ("7",)
+    m1.quota.set_pool("default", {"capacity": {"cpu": 4, "memory": "8Gi", "gpu": 2}}, "admin")
+    assert m1.quota.ledger.pools["default"].device_ids == ("7", "5")
+    await m1.stop()
+    m2 = manager_factory(quota=listed)  # the stored pool wins over configuration, list included
+    assert m2.quota.ledger.pools["default"].device_ids == ("7", "5")
+    assert m2.quota.ledger.holder("server:bob/").devices == ("7",)
+    # another gpu count: the list cannot describe it, the indices apply and holders follow
+    m2.quota.set_pool("default", {"capacity": {"cpu": 4, "memory": "8Gi", "gpu": 3}}, "admin")
+    assert m2.quota.ledger.pools["default"].device_ids == ("0", "1", "2")
+    assert m2.quota.ledger.holder("server:bob/").devices == ("0",)
+    assert m2.quota.ledger.violations() == []
+    m2.quota.release("server:bob/")
