@@ -18,7 +18,7 @@ from traitlets import Bool, Dict, Float, Integer, List, Type, Unicode, Union, de
 from traitlets.config import Application
 
 from mlp import __version__
-from mlp.api import route_table
+from mlp.api import response_models, route_table
 from mlp.api.home import HomeHandler
 from mlp.api.openapi import build_openapi
 from mlp.backends.base import JobBackend
@@ -324,6 +324,7 @@ class MLPService(Application):
             admin_scope=self.admin_scope,
             api_prefix=api_prefix,
             openapi=build_openapi(api_prefix, self.version),
+            response_models=response_models(api_prefix),
             sse_keepalive_interval=self.sse_keepalive_interval,
             sse_poll_interval=self.sse_poll_interval,
             log_function=self._log_request,
