@@ -164,7 +164,9 @@ def test_the_spawn_page_shows_the_numbers_of_an_over_quota_size(khub: Hub):
         seen = unescape(re.sub(r"<[^>]+>", " ", re.sub(r"(?s)<script.*?</script>", "", body)))
     said = re.sub(r"\s+", " ", seen)
     assert "Over quota: 1 CPU, 2Gi memory requested for this server, but" in said, said
-    assert "tight" in said and "1.5Gi" in said, said  # the group and what it has
+    # the ledger's numbers: the group, what it has free, what the server needs
+    assert "group 'tight' has 1.5Gi memory of its quota free" in said, said
+    assert "needs 2Gi" in said, said
     assert not hub.hub_api("GET", "/users/tess").json()["servers"]
     assert not [k for k in reservations(hub) if k.startswith("tess/")]
     assert not cgroup_exists(hub, "tess")
