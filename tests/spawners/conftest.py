@@ -30,7 +30,7 @@ import psutil
 import pytest
 import requests
 from mlptest import Hub, start_hub, stop_hub
-from spawnkit import GROUP, POOL, RECLAIM_GRACE, SIZES, Driver, held_async, join
+from spawnkit import GPU_SIZE, GROUP, POOL, RECLAIM_GRACE, SIZES, Driver, held_async, join
 
 from mlp.devcluster import Cluster, NodeShape, start_cluster
 
@@ -97,7 +97,9 @@ class LocalDriver(Driver):
             "quota_pool": POOL,
             "profile_list": [
                 {"slug": s, "display_name": s, "default": s == "small",
-                 "resources": {"cpu": str(c), "memory": m}} for s, c, m in SIZES],
+                 "resources": {"cpu": str(c), "memory": m}} for s, c, m in SIZES] + [
+                {"slug": GPU_SIZE[0], "display_name": GPU_SIZE[0], "resources": {
+                    "cpu": str(GPU_SIZE[1]), "memory": GPU_SIZE[2], "gpu": GPU_SIZE[3]}}],
             "cmd": [sys.executable, str(PROBE)],
             "environment": {"PROBE_URL": self.ledger["url"] + "/reservations",
                             "PROBE_TOKEN": self.ledger["admin_token"], "PROBE_OUT": str(out)},
@@ -202,7 +204,8 @@ class KubeDriver(Driver):
             "delete_grace_period": 1,
             "k8s_api_request_retry_timeout": 10,
             "sizes": [{"slug": s, "cpu": c, "memory": m, "default": s == "small"}
-                      for s, c, m in SIZES],
+                      for s, c, m in SIZES] + [dict(zip(("slug", "cpu", "memory", "gpu"),
+                                                        GPU_SIZE, strict=True))],
         }
         options.update(traits)
         sp = QuotaKubeSpawner(

@@ -13,6 +13,7 @@ GROUP = "suite-spawn"
 # The same sizes for both spawners; the group's member cap (2 cpu, 8Gi) offers small and
 # medium, large is beyond it.
 SIZES = [("small", 1, "2Gi"), ("medium", 2, "8Gi"), ("large", 4, "16Gi")]
+GPU_SIZE = ("gpu", 1, "2Gi", 1)  # one GPU: the member cap's
 RECLAIM_GRACE = 20
 
 

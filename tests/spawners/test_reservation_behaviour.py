@@ -64,6 +64,28 @@ async def test_reserves_before_anything_is_created_and_releases_on_stop(driver, 
     assert sp.reservation_id is None
 
 
+async def test_a_gpu_size_reserves_its_gpu_and_the_server_gets_exactly_its_devices(driver, ledger):
+    sp = driver.make(f"{driver.kind}-gus")
+    sp.user_options = {"profile": "gpu"}
+    seen = await start_observed(driver, sp)
+    mine = (await held_async(ledger))[f"{driver.kind}-gus/"]
+    assert mine["amount"]["gpu"] == 1, mine
+    if driver.kind == "local":
+        # The devices the ledger allocated to this reservation, and no others; a service that
+        # does not allocate devices leaves the variable alone.
+        devices = mine.get("devices")
+        if devices is not None:
+            assert len(devices) == 1, mine
+        expected = None if devices is None else ",".join(devices)
+        assert seen["CUDA_VISIBLE_DEVICES"] == expected, (seen, mine)
+    else:
+        pod = await driver.api.read_namespaced_pod(sp.pod_name, driver.namespace)
+        res = pod.spec.containers[0].resources
+        assert res.requests["nvidia.com/gpu"] == res.limits["nvidia.com/gpu"] == "1"
+    await sp.stop()
+    await assert_nothing_of(driver, ledger, sp)
+
+
 async def test_over_quota_is_refused_with_the_numbers_and_creates_nothing(driver, ledger):
     user = f"{driver.kind}-bo"
     first = driver.make(user)
