@@ -20,7 +20,7 @@ from kubespawner import KubeSpawner
 from traitlets import Bool, Dict, List, Unicode, default
 
 from mlp.scheduling.resources import format_cpu, format_memory, parse_cpu, parse_memory
-from mlp_spawner.reservations import ReservationMixin, ReservationRefused, describe
+from mlp_spawner.reservations import ReservationMixin, ReservationRefused
 
 GPU = "nvidia.com/gpu"
 QUOTA_NAME = "mlp-user-cap"
@@ -112,13 +112,7 @@ class QuotaKubeSpawner(ReservationMixin, KubeSpawner):
         self._pin_guarantees()
         amount = self.reservation_amount()
         await self.reserve_server(amount)
-        self._mlp_progress.append(
-            {
-                "progress": 5,
-                "message": f"Reserved {describe(amount)} in the quota ledger "
-                f"(group {self.reserved.get('group') if self.reserved else '?'})",
-            }
-        )
+        self._mlp_progress.append({"progress": 5, "message": self.reserved_message(amount)})
         try:
             await self._check_pvc_owner()
             return await super()._start()

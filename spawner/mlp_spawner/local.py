@@ -205,6 +205,7 @@ class LocalMLPSpawner(ReservationMixin, LocalProcessSpawner):
         resources = dict(profile["resources"])
         self._event(10, f"Reserving {profile['display_name']} in your quota")
         await self.reserve_server(resources)
+        self._event(20, self.reserved_message(resources))
         try:
             self._devices = self.reserved_devices()
             if self.isolation.multi_user:

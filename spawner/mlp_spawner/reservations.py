@@ -252,6 +252,11 @@ class ReservationMixin(LoggingConfigurable):
                 "it sees the server gone", user, server, e,
             )
 
+    def reserved_message(self, resources: dict[str, Any]) -> str:
+        """The progress message once this server is reserved (both spawners say the same)."""
+        group = (self.reserved or {}).get("group", "?")
+        return f"Reserved {describe(resources)} in the quota ledger (group {group})"
+
     def check_options(self, options: dict[str, Any], offered: Iterable[str]) -> str | None:
         """The slug a request asks for, after refusing sizes not offered and fields of its own."""
         slugs = list(offered)

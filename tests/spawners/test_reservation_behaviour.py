@@ -14,6 +14,7 @@ both against the real mlp service and its ledger.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -53,6 +54,13 @@ async def test_reserves_before_anything_is_created_and_releases_on_stop(driver, 
     assert mine["group"] == GROUP, mine
     assert await driver.exists(sp)
     assert await sp.poll() is None
+    # progress() tells the user what was reserved, in the same words for both spawners.
+    events, messages = sp.progress(), []
+    with contextlib.suppress(StopAsyncIteration):
+        while len(messages) < 2:
+            messages.append((await asyncio.wait_for(events.__anext__(), 30))["message"])
+    await events.aclose()
+    assert f"Reserved 2 CPU, 8Gi memory in the quota ledger (group {GROUP})" in messages, messages
     if driver.kind == "local":
         # The server sees the GPU devices of its reservation ("" for none); a service that
         # does not allocate devices leaves the variable alone.
