@@ -22,6 +22,7 @@ The ledger's reclaim of reservations whose server the hub does not know is the m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -109,8 +110,11 @@ class ReservationMixin(LoggingConfigurable):
     reserved: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ http
-    async def mlp_request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    async def mlp_request(
+        self, method: str, path: str, body: Any = None, retries: int | None = None
+    ) -> tuple[int, Any]:
         """One call with retries on no answer / 5xx; returns (status, JSON body)."""
+        retries = self.mlp_api_retries if retries is None else retries
         if not self.mlp_api_token:
             raise MLPUnavailable(
                 f"no token to reach the mlp service: set c.{type(self).__name__}.mlp_api_token "
@@ -120,7 +124,7 @@ class ReservationMixin(LoggingConfigurable):
         delay = self.mlp_api_backoff
         started = time.monotonic()
         problem = ""
-        for attempt in range(self.mlp_api_retries + 1):
+        for attempt in range(retries + 1):
             req = HTTPRequest(
                 url,
                 method=method,
@@ -147,7 +151,7 @@ class ReservationMixin(LoggingConfigurable):
                     except ValueError:
                         data = None
                     return resp.code, data
-            if attempt < self.mlp_api_retries:
+            if attempt < retries:
                 self.log.warning(
                     "mlp API %s %s failed (%s); retrying in %.1f s", method, path, problem, delay
                 )
@@ -155,7 +159,7 @@ class ReservationMixin(LoggingConfigurable):
                 delay = min(delay * 2, 10.0)
         raise MLPUnavailable(
             f"the mlp service is not reachable: it did not answer {method} {path} after "
-            f"{self.mlp_api_retries + 1} tries over {time.monotonic() - started:.0f} s at "
+            f"{retries + 1} tries over {time.monotonic() - started:.0f} s at "
             f"{self.mlp_api_url} ({problem})"
         )
 
@@ -234,6 +238,13 @@ class ReservationMixin(LoggingConfigurable):
         try:
             return await self.reserve(user, server, resources)
         except MLPUnavailable as e:
+            # A POST that landed while its answer was lost would hold a reservation for a
+            # server that does not start: give it back if the service answers now (else the
+            # service reclaims it, as the hub does not know this server).
+            with contextlib.suppress(MLPUnavailable):
+                await self.mlp_request(
+                    "DELETE", f"/reservations/{self.reservation_key(user, server)}", retries=0
+                )
             raise ReservationRefused(
                 f"{e}; nothing was reserved and no server was started. Try again in a minute; "
                 "an admin finds the cause in the hub log",

@@ -5,11 +5,15 @@ meets trouble:
   the page (or in its progress stream), and nothing is started or reserved;
 - the hub SIGKILLed (with the processes it manages: proxy, mlp service, culler) while servers
   are starting: after its restart, a server that never answers is stopped and its reservation,
-  process and cgroup are gone; a server that answers is adopted with its reservation.
+  process and cgroup are gone; a server that answers is adopted with its reservation; a spawn
+  killed before the hub heard its reservation's answer leaves a reservation the service
+  reclaims.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
@@ -17,6 +21,7 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from html import unescape
@@ -43,6 +48,8 @@ c.MLPService.reclaim_grace = 4
 # started yet (as a slow image or a busy machine would), which is when the hub is killed.
 HUB = """
 import sys
+# The spawner reaches the mlp service through GATE (below), which can hold back an answer.
+c.LocalMLPSpawner.mlp_api_url = 'http://127.0.0.1:{gate_port}/services/mlp/api/v1'
 c.LocalMLPSpawner.cmd = [sys.executable, {hold!r}, sys.executable, '-m', 'jupyterhub.singleuser']
 c.Spawner.environment = {{**c.Spawner.environment, 'MLP_HOLD_DIR': {hold_dir!r}}}
 c.Spawner.http_timeout = 45
@@ -64,6 +71,65 @@ os.execv(sys.argv[1], sys.argv[1:])
 """
 
 
+class Gate:
+    """A TCP forwarder to the mlp service that, while `hold` names a request line prefix,
+    forwards such a request but keeps its answer (and sets `held`): the service has acted, the
+    hub has not heard back."""
+
+    def __init__(self) -> None:
+        self.hold = ""
+        self.held = threading.Event()
+        self.target = 0
+        self.loop = asyncio.new_event_loop()
+        self.server = self.loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", 0))
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+            first = await reader.readline()
+            keep = bool(self.hold) and first.decode(errors="replace").startswith(self.hold)
+            up_writer.write(first)
+            await asyncio.gather(_pipe(reader, up_writer),
+                                 _pipe(up_reader, writer, keep, self.held))
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, keep: bool = False,
+                held: threading.Event | None = None) -> None:
+    try:
+        while data := await reader.read(65536):
+            if keep:
+                assert held is not None
+                held.set()  # the answer arrived from the service; it goes no further
+                continue
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+@pytest.fixture(scope="module")
+def gate() -> Iterator[Gate]:
+    g = Gate()
+    yield g
+    g.close()
+
+
 @pytest.fixture(scope="module")
 def hold_dir() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="mlp-hold-", dir="/tmp"))
@@ -75,18 +141,19 @@ def hold_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def khub(tmp_path_factory: pytest.TempPathFactory, hold_dir: Path) -> Iterator[Hub]:
+def khub(tmp_path_factory: pytest.TempPathFactory, hold_dir: Path, gate: Gate) -> Iterator[Hub]:
     hub = start_hub(tmp_path_factory.mktemp("khub"), ["--MLPService.poll_interval=0.2"], SERVICE,
                     extra_hub_config=HUB.format(hold=str(hold_dir / "hold.py"),
-                                                hold_dir=str(hold_dir)),
+                                                hold_dir=str(hold_dir), gate_port=gate.port),
                     # a browser logs in: the shared password (per-user passwords have tests of
                     # their own)
                     extra_env={"MLP_AUTH": "shared"})
-    for user in ("tess", "hana", "ivo"):
+    gate.target = int(hub.service_url.split(":")[2].split("/")[0])
+    for user in ("tess", "hana", "ivo", "jon"):
         hub.user_token(user)
     assert hub.hub_api("POST", "/groups/tight", json={"users": ["tess"]}).status_code == 201
     yield hub
-    for user in ("tess", "hana", "ivo"):
+    for user in ("tess", "hana", "ivo", "jon"):
         (hold_dir / f"hold-{user}").unlink(missing_ok=True)
         hub.hub_api("DELETE", f"/users/{user}/server")
     stop_hub(hub)
@@ -260,3 +327,40 @@ def test_a_hub_killed_mid_spawn_leaves_nothing_behind_or_adopts_consistently(khu
     hub.hub_api("DELETE", "/users/ivo/server")
     wait_until(lambda: "ivo/" not in reservations(hub), "ivo's reservation outlived it", hub)
     wait_until(lambda: not cgroup_exists(hub, "ivo"), "ivo's cgroup outlived the server", hub)
+
+
+def test_a_hub_killed_while_its_reservation_is_answered_leaves_no_reservation(khub: Hub,
+                                                                             gate: Gate):
+    hub = khub
+    # The service makes the reservation; the hub is killed before it hears back, so it never
+    # recorded a server process (there is none).
+    gate.held.clear()
+    gate.hold = "POST /services/mlp/api/v1/reservations"
+
+
+    def spawn() -> None:
+        with contextlib.suppress(requests.RequestException):  # the hub dies under it
+            hub.hub_api("POST", "/users/jon/server", timeout=120)
+
+    asker = threading.Thread(target=spawn)
+    asker.start()
+    assert gate.held.wait(120), f"the spawn never reserved:\n{hub.log_tail()}"
+    assert "jon/" in reservations(hub)
+    how = kill_hub(hub)
+    asker.join(60)
+    gate.hold = ""
+    restart_hub(hub, how)
+    # The restarted hub has no server of jon's, so the service reclaims the reservation.
+    wait_until(lambda: not hub.hub_api("GET", "/users/jon").json()["servers"],
+               "the hub still lists jon's server that never started", hub)
+    wait_until(lambda: "jon/" not in reservations(hub), "jon's reservation is still held", hub)
+    assert "reclaimed the reservation of jon's server ''" in hub.log_path.read_text()
+    assert not cgroup_exists(hub, "jon")
+    # And jon can start a server again, which holds one reservation.
+    r = hub.hub_api("POST", "/users/jon/server")
+    assert r.status_code in (201, 202), r.text
+    wait_until(lambda: (hub.hub_api("GET", "/users/jon").json()["servers"].get("") or {})
+               .get("ready"), "jon's new server did not start", hub)
+    assert [k for k in reservations(hub) if k.startswith("jon/")] == ["jon/"]
+    hub.hub_api("DELETE", "/users/jon/server")
+    wait_until(lambda: "jon/" not in reservations(hub), "jon's reservation outlived it", hub)
