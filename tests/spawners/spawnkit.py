@@ -59,3 +59,50 @@ class Driver:
 
     # Whether the service's reclaim also ends what such a server left running (its cgroup).
     reclaim_ends_leftovers = False
+
+
+class AnswerGate:
+    """A TCP forwarder to the mlp service that forwards every request but drops the answers of
+    those whose request line starts with `drop` (counted in `dropped`): the service acts, the
+    spawner never hears back."""
+
+    def __init__(self, target_port: int, drop: str):
+        self.target, self.drop, self.dropped, self.port = target_port, drop, 0, 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> AnswerGate:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+            first = await reader.readline()
+            drop = first.decode(errors="replace").startswith(self.drop)
+            up_writer.write(first)
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer, drop))
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    drop: bool = False) -> None:
+        counted = False
+        try:
+            while data := await reader.read(65536):
+                if drop:
+                    if not counted:
+                        self.dropped, counted = self.dropped + 1, True
+                    continue
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()

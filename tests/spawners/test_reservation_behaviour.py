@@ -6,7 +6,7 @@ both against the real mlp service and its ledger.
 - stopping releases it; a server found gone (crashed) gives it back at the next poll;
 - over quota: refused with the ledger's numbers, nothing created, nothing reserved;
 - a tampered request (a size not offered, fields of its own) is refused before anything;
-- the mlp service down: a clear 503, nothing created, nothing reserved;
+- the mlp service down, or its answers lost: a clear 503, nothing created, nothing reserved;
 - reservations of servers that no longer exist are reclaimed by the service (and, embedded,
   what was left in the server's cgroup with them).
 """
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from mlp_spawner.reservations import ReservationRefused
-from spawnkit import GROUP, RECLAIM_GRACE, Driver, held_async
+from spawnkit import GROUP, RECLAIM_GRACE, AnswerGate, Driver, held_async
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -159,6 +159,24 @@ async def test_the_mlp_service_down_fails_clearly_and_leaks_nothing(driver, ledg
     assert "mlp service is not reachable" in msg and "after 3 tries" in msg, msg
     assert "nothing was reserved and no server was started" in msg, msg
     await assert_nothing_of(driver, ledger, sp)  # asked of the real (running) service
+
+
+async def test_reservations_whose_answer_was_lost_are_given_back(driver, ledger, suite_hub):
+    # The service reserves, but its answers never reach the spawner (it dies while answering,
+    # a network cut): the spawn fails clearly and the reservations that landed are given back.
+    port = int(suite_hub.url.rsplit(":", 1)[1])
+    async with AnswerGate(port, "POST /services/mlp/api/v1/reservations") as gate:
+        sp = driver.make(f"{driver.kind}-hal",
+                         mlp_api_url=f"http://127.0.0.1:{gate.port}/services/mlp/api/v1",
+                         mlp_api_timeout=2, mlp_api_retries=1, mlp_api_backoff=0.1)
+        sp.user_options = {"profile": "small"}
+        if driver.kind == "kube":
+            await sp.load_user_options()  # the sizes, read through the gate
+        with pytest.raises(ReservationRefused) as e:
+            await sp.start()
+    assert e.value.status_code == 503 and "mlp service is not reachable" in str(e.value)
+    assert gate.dropped == 2, gate.dropped  # both tries landed
+    await assert_nothing_of(driver, ledger, sp)
 
 
 async def test_a_server_found_gone_gives_its_reservation_back(driver, ledger):
