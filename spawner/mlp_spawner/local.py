@@ -222,8 +222,41 @@ class LocalMLPSpawner(ReservationMixin, LocalProcessSpawner):
         except BaseException:
             await self._cleanup()
             raise
-        self._event(100, "Server started; waiting for it to answer")
+        await self._until_answering(*result)
         return result
+
+    async def _until_answering(self, ip: str, port: int) -> None:
+        """Return once the new server answers HTTP (or its process ended, or `http_timeout`
+        passed: the hub then reports that as it always does). The hub's own check backs off
+        up to 5 s between tries, so a server that answers after 3 s is typically seen ready
+        seconds later; asking every 50 ms here hands it over as soon as it answers."""
+        from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+        base = self.server.base_url if self.server is not None else "/"
+        url = f"http://{ip or '127.0.0.1'}:{port}{base.rstrip('/')}/api"
+        client = AsyncHTTPClient()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        told = 0
+        self._event(60, "Server process started; waiting for it to answer")
+        while loop.time() - started < self.http_timeout:
+            if self.proc is None or self.proc.poll() is not None:
+                return
+            try:
+                await client.fetch(url, request_timeout=2, follow_redirects=False)
+            except HTTPClientError as e:
+                if e.code < 500 and e.code != 599:  # any non-5xx answer: it is up
+                    break
+            except OSError:
+                pass  # not listening yet
+            else:
+                break
+            waited = int(loop.time() - started)
+            if waited >= told + 2:
+                told = waited
+                self._event(60 + min(35, waited), f"Waiting for your server to answer ({waited} s)")
+            await asyncio.sleep(0.05)
+        self._event(100, f"Server answering after {loop.time() - started:.1f} s")
 
     def _make_cgroup(self, resources: dict[str, Any]) -> Cgroup | None:
         driver = self.isolation.cgroups
