@@ -151,7 +151,11 @@ c.MLPIsolation.data_dir = str(data_dir)
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 180
-c.Spawner.environment = {"MLP_URL": f"http://127.0.0.1:{service_port}/services/mlp/"}
+c.Spawner.environment = {
+    "MLP_URL": f"http://127.0.0.1:{service_port}/services/mlp/",
+    # The models router (%mlp_deploy's "try it" box), with the same token auth as the proxy's.
+    "MLP_MODELS_URL": f"http://127.0.0.1:{models_port}/services/models/",
+}
 # The server's own token may call the mlp service (the notebook magics use it); an admin's
 # server also carries the admin scope (only scopes the user holds are granted).
 c.Spawner.server_token_scopes = [

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import uuid
 from typing import Any
 
 SIGNATURE_KEY = "serving_default"
@@ -190,7 +191,8 @@ def build_model(name: str, path: str) -> Any:
                     out.set_data_from_numpy(value, binary_data=False)
                     outputs.append(out)
                 return InferResponse(
-                    model_name=name, infer_outputs=outputs, response_id=payload.id
+                    model_name=name, infer_outputs=outputs,
+                    response_id=payload.id or str(uuid.uuid4()),
                 )
             if not isinstance(payload, dict):
                 raise InvalidInput("expected a JSON object")

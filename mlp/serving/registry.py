@@ -247,7 +247,8 @@ class ModelRegistry:
                                 .where(ModelVersionRow.model == name))
                 number = (last or 0) + 1
                 final = self.root / name / str(number)
-                final.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(final.parent, 0o711)  # the service runs with umask 077
                 if final.exists():  # left by a registration that failed after its rename
                     shutil.rmtree(final)
                 stage.rename(final)

@@ -4,6 +4,7 @@ users' tokens, rolled to a new version under load, and restarted after a crash."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Served, ctr_instances, registry_path, saved_model_outputs
 
 
@@ -103,9 +105,9 @@ def test_deploy_and_query_through_the_hub(served: Served) -> None:
     view = served.alice("GET", f"/models/ctr/deployments/{d['id']}").json()
     assert view["metrics"]["requests"] >= 2 and view["metrics"]["latency_ms"]["p50"] > 0
     assert any("loaded" in text for text in view["logs"].values()), view["logs"]
-    # The reservation is in the ledger like any task's.
+    # The reservation is in the ledger like a notebook server's (holder deploy:<id>).
     reservations = served.alice("GET", "/reservations").json()["reservations"]
-    assert any(r["id"] == f"deploy:{d['id']}" and r["amount"]["cpu"] == 1
+    assert any(r["id"] == str(d["id"]) and r["amount"]["cpu"] == 1
                for r in reservations), reservations
 
 
@@ -136,6 +138,38 @@ def test_requests_that_do_not_match_the_signature_are_400_naming_the_input(
     fractional = [{"cat": [0.5] * 26, "num": i["num"]} for i in good]
     r = served.query("ctr", "v1/models/ctr:predict", {"instances": fractional})
     assert r.status_code == 400 and "'cat'" in r.text, r.text
+
+
+def test_mlp_deploy_magic_shows_the_endpoint_metrics_and_a_try_it_box(
+        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    from IPython.core.error import UsageError
+    from IPython.core.interactiveshell import InteractiveShell
+
+    monkeypatch.setenv("MLP_URL", served.hub.service_url)
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", served.hub.user_token("alice"))
+    monkeypatch.setenv("MLP_MODELS_URL", f"{served.hub.url}/services/models/")
+    ip = InteractiveShell.instance()
+    ip.extension_manager.load_extension("mlp_magics")
+    try:
+        (live,) = served.alice("GET", "/models/ctr/deployments").json()["deployments"]
+        dash = ip.run_line_magic("mlp_deploy", "ctr")  # attaches to the live deployment
+        try:
+            assert dash.deployment_id == live["id"]
+            dash.refresh()
+            assert "running" in dash.text() and "/services/models/ctr/" in dash.text()
+            body = json.dumps({"instances": [{"cat": [1] * 26, "num": [0.5] * 13}]})
+            answer = dash.try_it(body)
+            assert answer.startswith("HTTP 200") and "predictions" in answer, answer
+            bad = dash.try_it('{"instances": [{"cat": [1], "num": [0.5]}]}')
+            assert bad.startswith("HTTP 400") and "'cat'" in bad, bad
+            box = dash.widget  # the widget: status, metrics, the try-it box and its answer
+            assert "p99" in dash.html() and box.children[3].value
+        finally:
+            dash.close()
+        with pytest.raises(UsageError, match="does not exist"):
+            ip.run_line_magic("mlp_deploy", "no-such-model")
+    finally:
+        ip.extension_manager.unload_extension("mlp_magics")
 
 
 def test_a_deployment_over_quota_is_refused_with_numbers(served: Served) -> None:
@@ -230,7 +264,7 @@ def test_deleting_a_model_with_a_live_deployment_needs_force(served: Served) -> 
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(
             f"/proc/{pid}/stat").read_text().split()[2]
     assert served.alice("GET", "/models/ctr").status_code == 404
-    assert not any(r["id"] == f"deploy:{d['id']}"
+    assert not any(r["id"] == str(d["id"])
                    for r in served.alice("GET", "/reservations").json()["reservations"])
     r = served.query("ctr", "v1/models/ctr:predict", {"instances": ctr_instances(1)})
     assert r.status_code == 404
