@@ -160,7 +160,7 @@ def test_mlp_deploy_magic_shows_the_endpoint_metrics_and_a_try_it_box(
             body = json.dumps({"instances": [{"cat": [1] * 26, "num": [0.5] * 13}]})
             answer = dash.try_it(body)
             assert answer.startswith("HTTP 200") and "predictions" in answer, answer
-            bad = dash.try_it('{"instances": [{"cat": [1], "num": [0.5]}]}')
+            bad = dash.try_it(json.dumps({"instances": [{"cat": [1], "num": [0.5] * 13}]}))
             assert bad.startswith("HTTP 400") and "'cat'" in bad, bad
             box = dash.widget  # the widget: status, metrics, the try-it box and its answer
             assert "p99" in dash.html() and box.children[3].value
