@@ -9,10 +9,12 @@ per request, for batch 1 and batch 256:
   in-process   the SavedModel's serving signature called in this process (TensorFlow, no HTTP)
   proxy v1     POST /services/models/ctr/v1/models/ctr:predict  {"instances": [...]}
   proxy v2     POST /services/models/ctr/v2/models/ctr/infer     (Open Inference Protocol)
+  direct v2    the same v2 request to the replica's loopback port (no proxy, no router, no
+               token check): what the hub's proxy and the models router add
 
-Rounds alternate the three cases (in-process, v1, v2, then v2, v1, in-process, ...), so all see
-the same machine state; p50/p99 over every request of a case, requests/s = requests / time of
-one client sending them back to back. A last phase measures throughput with `--clients`
+Rounds alternate the cases (in-process, direct, v1, v2, then v2, v1, direct, in-process, ...),
+so all see the same machine state; p50/p99 over every request of a case, requests/s = requests
+/ time of one client sending them back to back. A last phase measures throughput with `--clients`
 concurrent clients through the proxy.
 
     .venv/bin/python bench/serving.py [--rounds 10] [--requests 20] [--clients 4]
@@ -89,7 +91,9 @@ def main() -> None:
             if state["state"] == "failed" or time.monotonic() > deadline:
                 raise SystemExit(f"deployment: {state['reason']}")
             time.sleep(0.5)
-        results = measure(hub.url, token, str(hub.data_dir / "models" / "ctr" / "1"), args)
+        port = state["replicas"][0]["port"]
+        results = measure(hub.url, token, str(hub.data_dir / "models" / "ctr" / "1"), port,
+                          args)
     finally:
         stop_hub(hub)
     results["date"] = datetime.now(UTC).date().isoformat()
@@ -98,12 +102,14 @@ def main() -> None:
     print(table(results))
 
 
-def measure(hub_url: str, token: str, model_dir: str, args: Any) -> dict[str, Any]:
+def measure(hub_url: str, token: str, model_dir: str, port: int,
+            args: Any) -> dict[str, Any]:
     import tensorflow as tf
 
     fn = tf.saved_model.load(model_dir).signatures["serving_default"]
     session = requests.Session()
     session.headers["Authorization"] = f"token {token}"
+    direct = requests.Session()
     base = f"{hub_url}/services/models/ctr"
     out: dict[str, Any] = {"cases": {}, "settings": vars(args)}
     for size in (1, 256):
@@ -132,9 +138,19 @@ def measure(hub_url: str, token: str, model_dir: str, args: Any) -> dict[str, An
             r.raise_for_status()
 
         # The deployment answers what the SavedModel computes (checked once per batch size).
-        got = session.post(f"{base}/v1/models/ctr:predict", data=v1, timeout=60).json()
-        assert np.allclose(np.array(got["predictions"]), expected, atol=1e-6)
-        cases = {"in-process": in_process, "proxy v1": proxy_v1, "proxy v2": proxy_v2}
+        r = session.post(f"{base}/v1/models/ctr:predict", data=v1, timeout=60,
+                         headers={"Content-Type": "application/json"})
+        if r.status_code != 200:
+            raise SystemExit(f"the deployment answered {r.status_code}: {r.text[:1000]}")
+        if not np.allclose(np.array(r.json()["predictions"]), expected, atol=1e-6):
+            raise SystemExit("the deployment's predictions differ from the SavedModel's")
+        def direct_v2(v2: str = v2) -> None:
+            r = direct.post(f"http://127.0.0.1:{port}/v2/models/ctr/infer", data=v2,
+                            headers={"Content-Type": "application/json"}, timeout=60)
+            r.raise_for_status()
+
+        cases = {"in-process": in_process, "direct v2": direct_v2, "proxy v1": proxy_v1,
+                 "proxy v2": proxy_v2}
         for f in cases.values():  # warm-up
             for _ in range(3):
                 f()
