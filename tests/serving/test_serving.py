@@ -268,3 +268,23 @@ def test_deleting_a_model_with_a_live_deployment_needs_force(served: Served) -> 
                    for r in served.alice("GET", "/reservations").json()["reservations"])
     r = served.query("ctr", "v1/models/ctr:predict", {"instances": ctr_instances(1)})
     assert r.status_code == 404
+
+
+def test_a_server_that_keeps_dying_marks_the_deployment_failed_with_the_reason(
+        served: Served) -> None:
+    d = deploy(served, "ctr-big")
+    d = served.wait_deployment("ctr-big", d["id"], running)
+    # More exits than c.ModelServing.max_restarts (3) within restart_window: failed.
+    for _ in range(4):
+        (replica,) = d["replicas"]
+        os.kill(replica["pid"], signal.SIGKILL)
+        d = served.wait_deployment(
+            "ctr-big", d["id"],
+            lambda x, pid=replica["pid"]: x["state"] == "failed"
+            or (x["replicas"] and x["replicas"][0]["pid"] != pid), timeout=60)
+    assert d["state"] == "failed", d
+    assert "exited with code -9" in d["reason"] and "max_restarts=3" in d["reason"], d
+    assert not any(r["id"] == str(d["id"])
+                   for r in served.alice("GET", "/reservations").json()["reservations"])
+    r = served.query("ctr-big", "v1/models/ctr-big:predict", {"instances": ctr_instances(1)})
+    assert r.status_code == 503 and "no running deployment" in r.json()["message"], r.text
