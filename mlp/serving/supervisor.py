@@ -35,7 +35,7 @@ from mlp.core.ports import free_port
 from mlp.core.quota import QuotaService
 from mlp.isolation import Limits, MLPIsolation
 from mlp.isolation.process import make_preexec, private_dir, run_as_env
-from mlp.scheduling import Resources
+from mlp.scheduling import PRODUCTION_POOL, Resources
 from mlp.serving.registry import LIVE_STATES, SERVER_SCRIPT, ModelRegistry, RegistryError
 from mlp.serving.rows import DeploymentRow
 from mlp.store import Store
@@ -235,6 +235,7 @@ class DeploymentSupervisor:
             self.quota.reserve_server(
                 holder_id(deployment_id), user, group, pool,
                 Resources(cpu=cpu * replicas, memory=memory * replicas), now,
+                promoted=pool == PRODUCTION_POOL,
             )
         except Exception:
             with self.store.session() as s:
@@ -282,7 +283,8 @@ class DeploymentSupervisor:
                 holder = self.quota.ledger.holder(holder_id(deployment_id, rolling=True))
                 self.quota.release(holder_id(deployment_id, rolling=True))
                 self.quota.reserve_server(holder_id(deployment_id), holder.user, holder.group,
-                                          holder.pool, holder.amount, time.time())
+                                          holder.pool, holder.amount, time.time(),
+                                          promoted=holder.pool == PRODUCTION_POOL)
         except Exception as e:
             self.log.exception("deployment %s: bringing up version %s failed", deployment_id,
                                version)
@@ -389,7 +391,7 @@ class DeploymentSupervisor:
         self.quota.reserve_server(
             holder_id(deployment_id, rolling=True), row.user, row.group, row.pool,
             Resources(cpu=r["cpu"] * r["replicas"], memory=r["memory"] * r["replicas"]),
-            time.time(),
+            time.time(), promoted=row.pool == PRODUCTION_POOL,
         )
         row = self._update(deployment_id, f"rolling from version {row.version} to {version}",
                            state="rolling", reason=f"rolling to version {version}")

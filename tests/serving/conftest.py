@@ -88,8 +88,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     if not SERVING_PYTHON.exists():
         pytest.fail(f"{SERVING_PYTHON} is missing: run scripts/install.sh (it builds the "
                     "serving environment with kserve)")
-    hub = start_hub(tmp_path_factory.mktemp("serving"), [],
-                    extra_service_config="c.ModelServing.ready_timeout = 300\n")
+    # Deployments never borrow (as notebook servers): the group has quota in production too.
+    hub = start_hub(tmp_path_factory.mktemp("serving"), [], extra_service_config=(
+        "c.ModelServing.ready_timeout = 300\n"
+        "c.QuotaConfig.default_group_quota = {'limits': {'default': big, 'production': big}}\n"))
     try:
         alice = Api(hub, hub.user_token("alice"))
         bob = Api(hub, hub.user_token("bob"))

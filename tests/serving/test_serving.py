@@ -67,6 +67,18 @@ def test_another_user_cannot_see_or_take_the_model(served: Served) -> None:
     assert served.admin("GET", "/models/ctr").status_code == 200
 
 
+def test_promotion_of_a_version_ties_in_with_the_production_pool(served: Served) -> None:
+    refused = served.alice("POST", "/models/ctr/versions/1/stage", json={"stage": "production"})
+    assert refused.status_code == 403, refused.text
+    r = served.admin("POST", "/models/ctr/versions/1/stage", json={"stage": "production"})
+    assert r.status_code == 200 and r.json()["stage"] == "production", r.text
+    assert served.alice("GET", "/models/ctr").json()["production_version"] == 1
+    promotions = served.admin("GET", "/admin/promotions").json()["promotions"]
+    assert any(p["user"] == "alice" and p["name"] == "ctr" for p in promotions), promotions
+    bad = served.admin("POST", "/models/ctr/versions/9/stage", json={"stage": "production"})
+    assert bad.status_code == 404
+
+
 # --------------------------------------------------------------------------- deployments
 def deploy(served: Served, name: str, **body: Any) -> dict[str, Any]:
     r = served.alice("POST", f"/models/{name}/deployments",
@@ -84,6 +96,8 @@ def running(d: dict[str, Any]) -> bool:
 def test_deploy_and_query_through_the_hub(served: Served) -> None:
     d = deploy(served, "ctr")
     assert d["state"] == "starting" and d["endpoint"] == "/services/models/ctr/"
+    # The production version of a promoted model is deployed in the production pool.
+    assert d["version"] == 1 and d["pool"] == "production", d
     served.wait_deployment("ctr", d["id"], running)
     body = {"instances": ctr_instances(5)}
     expected = saved_model_outputs(registry_path(served, "ctr", 1), body)
