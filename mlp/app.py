@@ -33,6 +33,7 @@ from mlp.isolation.netguard import OutboundPolicy
 from mlp.isolation.process import unreachable_ancestor
 from mlp.scheduling import QuotaConfig, ScorePolicy
 from mlp.scheduling.resources import parse_cpu, parse_memory
+from mlp.serving.service import ModelServing
 from mlp.store import Store
 
 
@@ -46,7 +47,7 @@ class MLPService(Application):
     version = __version__
 
     classes = [LocalProcessBackend, QuotaConfig, ScorePolicy, AlertNotifier, MLPIsolation,
-               OutboundPolicy]
+               OutboundPolicy, ModelServing]
 
     aliases = {
         "config": "MLPService.config_file",
@@ -251,6 +252,8 @@ class MLPService(Application):
         self.manager = JobManager(
             self.store, self.backend, settings, self.quota, notifier=self.notifier, log=self.log
         )
+        self.serving = ModelServing(parent=self, log=self.log)
+        self.serving.setup(self.store, self.quota, self.isolation, self.data_dir)
 
     @staticmethod
     def load_quota_file(config: QuotaConfig, path: str) -> None:
@@ -321,6 +324,7 @@ class MLPService(Application):
             cookie_secret=self.load_cookie_secret(),
             mlp_manager=self.manager,
             mlp_isolation=self.isolation,
+            mlp_serving=self.serving,
             admin_scope=self.admin_scope,
             api_prefix=api_prefix,
             openapi=build_openapi(api_prefix, self.version),
@@ -348,6 +352,7 @@ class MLPService(Application):
         app = self.make_app()
         server = app.listen(self.port, self.ip, xheaders=True)
         self.manager.start()
+        self.serving.start(self.admin_scope)
         info = self.isolation.describe()
         self.log.log(logging.INFO if info["mode"] == "multi-user" else logging.WARNING,
                      "mlp isolation: %s mode; %s", info["mode"], info["accounts"])
@@ -383,6 +388,7 @@ class MLPService(Application):
         server.stop()
         for loop_task in loops:
             loop_task.cancel()
+        await self.serving.stop()
         await self.manager.stop()
 
     async def _every(self, interval: float, step: Any, what: str) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pydantic import BaseModel
 from tornado import web
 
-from mlp.api import admin, jobs, logs, metrics, queue, reservations
+from mlp.api import admin, jobs, logs, metrics, models, queue, reservations
 from mlp.api.base import NotFoundHandler
 from mlp.api.openapi import OPERATIONS, OpenAPIHandler
 
@@ -39,6 +39,19 @@ def route_table(api_prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
         (rf"{p}/admin/promotions/?", admin.AdminPromotionsHandler),
         (rf"{p}/admin/promotions/(?P<user>[^/]+)/(?P<name>[^/]+)", admin.AdminPromotionHandler),
         (rf"{p}/admin/usage/?", admin.AdminUsageHandler),
+        (rf"{p}/models/?", models.ModelsHandler),
+        (rf"{p}/models/(?P<name>[^/]+)/?", models.ModelHandler),
+        (rf"{p}/models/(?P<name>[^/]+)/versions/?", models.VersionsHandler),
+        (rf"{p}/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/stage", models.StageHandler),
+        (rf"{p}/models/(?P<name>[^/]+)/deployments/?", models.DeploymentsHandler),
+        (
+            rf"{p}/models/(?P<name>[^/]+)/deployments/(?P<deployment_id>[^/]+)/?",
+            models.DeploymentHandler,
+        ),
+        (
+            rf"{p}/models/(?P<name>[^/]+)/deployments/(?P<deployment_id>[^/]+)/manifest",
+            models.ManifestHandler,
+        ),
         (rf"{p}/openapi.json", OpenAPIHandler),
         (rf"{p}/.*", NotFoundHandler),
     ]

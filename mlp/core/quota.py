@@ -271,9 +271,13 @@ class QuotaService:
             s.execute(delete(HolderRow).where(HolderRow.id == holder_id))
 
     def reserve_server(
-        self, holder_id: str, user: str, group: str, pool: str, amount: Resources, now: float
+        self, holder_id: str, user: str, group: str, pool: str, amount: Resources, now: float,
+        promoted: bool = False,
     ) -> Holder:
-        holder = self.ledger.reserve(holder_id, user, group, pool, amount, kind="server", now=now)
+        """A holder without a runtime limit: a notebook server, or a model deployment (which
+        may run in the production pool when an admin promoted the model: `promoted`)."""
+        holder = self.ledger.reserve(holder_id, user, group, pool, amount, kind="server",
+                                     now=now, promoted=promoted)
         with self.store.session() as s:
             s.merge(_holder_row(holder))
         return holder
