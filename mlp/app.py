@@ -18,7 +18,7 @@ from traitlets import Bool, Dict, Float, Integer, List, Type, Unicode, Union, de
 from traitlets.config import Application
 
 from mlp import __version__
-from mlp.api import route_table
+from mlp.api import response_models, route_table
 from mlp.api.home import HomeHandler
 from mlp.api.openapi import build_openapi
 from mlp.backends.base import JobBackend
@@ -33,6 +33,7 @@ from mlp.isolation.netguard import OutboundPolicy
 from mlp.isolation.process import unreachable_ancestor
 from mlp.scheduling import QuotaConfig, ScorePolicy
 from mlp.scheduling.resources import parse_cpu, parse_memory
+from mlp.serving.service import ModelServing
 from mlp.store import Store
 
 
@@ -46,7 +47,7 @@ class MLPService(Application):
     version = __version__
 
     classes = [LocalProcessBackend, QuotaConfig, ScorePolicy, AlertNotifier, MLPIsolation,
-               OutboundPolicy]
+               OutboundPolicy, ModelServing]
 
     aliases = {
         "config": "MLPService.config_file",
@@ -251,6 +252,8 @@ class MLPService(Application):
         self.manager = JobManager(
             self.store, self.backend, settings, self.quota, notifier=self.notifier, log=self.log
         )
+        self.serving = ModelServing(parent=self, log=self.log)
+        self.serving.setup(self.store, self.quota, self.isolation, self.data_dir)
 
     @staticmethod
     def load_quota_file(config: QuotaConfig, path: str) -> None:
@@ -321,9 +324,11 @@ class MLPService(Application):
             cookie_secret=self.load_cookie_secret(),
             mlp_manager=self.manager,
             mlp_isolation=self.isolation,
+            mlp_serving=self.serving,
             admin_scope=self.admin_scope,
             api_prefix=api_prefix,
             openapi=build_openapi(api_prefix, self.version),
+            response_models=response_models(api_prefix),
             sse_keepalive_interval=self.sse_keepalive_interval,
             sse_poll_interval=self.sse_poll_interval,
             log_function=self._log_request,
@@ -347,6 +352,7 @@ class MLPService(Application):
         app = self.make_app()
         server = app.listen(self.port, self.ip, xheaders=True)
         self.manager.start()
+        self.serving.start(self.admin_scope)
         info = self.isolation.describe()
         self.log.log(logging.INFO if info["mode"] == "multi-user" else logging.WARNING,
                      "mlp isolation: %s mode; %s", info["mode"], info["accounts"])
@@ -382,6 +388,7 @@ class MLPService(Application):
         server.stop()
         for loop_task in loops:
             loop_task.cancel()
+        await self.serving.stop()
         await self.manager.stop()
 
     async def _every(self, interval: float, step: Any, what: str) -> None:

@@ -1,5 +1,6 @@
 """The `mlp` command line: start the platform (`up`), run the service (`serve`), and manage jobs
-through the REST API (`submit`, `jobs`, `show`, `logs`, `cancel`, `login`)."""
+through the REST API (`submit`, `jobs`, `show`, `logs`, `cancel`, `login`) and models (`model
+register|list|show|deploy|roll|undeploy`, see docs/serving.md)."""
 
 from __future__ import annotations
 
@@ -175,6 +176,49 @@ def cmd_login(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model(args: argparse.Namespace) -> int:
+    client = _client(args)
+    action = args.action
+    if action == "register":
+        body: dict[str, Any] = {"path": args.path} if args.path else {}
+        if args.job != "-":
+            body["job_id"] = int(args.job)
+        if args.group:
+            body["group"] = args.group
+        out = client._request("POST", f"/models/{args.name}/versions", json=body).json()
+        print(f"model {out['model']} version {out['version']} (job {out['job_id']}): inputs "
+              + ", ".join(f"{k} {v['dtype']}{v['shape']}"
+                          for k, v in out["signature"]["inputs"].items()))
+    elif action == "list":
+        for m in client._request("GET", "/models").json()["models"]:
+            print(f"{m['name']:<24} owner {m['owner']:<12} versions {m['versions']:<3} "
+                  f"production {m['production_version']} live {m['live_deployments']}")
+    elif action == "show":
+        model = client._request("GET", f"/models/{args.name}").json()
+        model["versions"] = client._request(
+            "GET", f"/models/{args.name}/versions").json()["versions"]
+        model["deployments"] = client._request(
+            "GET", f"/models/{args.name}/deployments").json()["deployments"]
+        print(json.dumps(model, indent=1))
+    elif action == "deploy":
+        name, _, version = args.name.partition(":")
+        body = {k: v for k, v in (("cpu", args.cpu), ("memory", args.memory),
+                                  ("replicas", args.replicas)) if v is not None}
+        if version:
+            body["version"] = int(version)
+        d = client._request("POST", f"/models/{name}/deployments", json=body).json()
+        print(f"deployment {d['id']} of {name}:{d['version']}: {d['state']}; endpoint "
+              f"{d['endpoint']}v1/models/{name}:predict")
+    elif action == "roll":
+        d = client._request("PATCH", f"/models/{args.name}/deployments/{args.deployment}",
+                            json={"version": args.version}).json()
+        print(f"deployment {d['id']}: {d['state']}: {d['reason']}")
+    elif action == "undeploy":
+        d = client._request("DELETE", f"/models/{args.name}/deployments/{args.deployment}")
+        print(f"deployment {args.deployment}: {d.json()['state']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlp",
@@ -245,6 +289,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     client_opts(p)
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("model", help="the model registry and deployments (online prediction)")
+    msub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    m = msub.add_parser("register", help="register a job's SavedModel export as a new version")
+    m.add_argument("job", help="the job id ('-': a folder in your home, given as PATH)")
+    m.add_argument("path", nargs="?", help="export folder (in the job folder; default export)")
+    m.add_argument("--name", required=True, help="the model's name")
+    m.add_argument("--group", help="share the model with this hub group")
+    client_opts(m)
+    m = msub.add_parser("list", help="the models you may see")
+    client_opts(m)
+    m = msub.add_parser("show", help="a model with its versions and deployments")
+    m.add_argument("name")
+    client_opts(m)
+    m = msub.add_parser("deploy", help="serve MODEL[:VERSION] (KServe model server)")
+    m.add_argument("name", help="MODEL or MODEL:VERSION")
+    m.add_argument("--cpu")
+    m.add_argument("--memory")
+    m.add_argument("--replicas", type=int)
+    client_opts(m)
+    m = msub.add_parser("roll", help="roll a deployment to another version")
+    m.add_argument("name")
+    m.add_argument("deployment", type=int)
+    m.add_argument("version", type=int)
+    client_opts(m)
+    m = msub.add_parser("undeploy", help="stop a deployment")
+    m.add_argument("name")
+    m.add_argument("deployment", type=int)
+    client_opts(m)
+    p.set_defaults(func=cmd_model)
 
     p = sub.add_parser("login", help="store the service URL and a hub API token")
     p.add_argument("--url", required=True, help="e.g. http://127.0.0.1:8000/services/mlp/")

@@ -140,7 +140,7 @@ def start_hub(
     shared = (f"c.MLPIsolation.account_prefix = {prefix!r}\n"
               f"c.MLPIsolation.cgroup_parent = 'mlp-test-{prefix[:-1]}'\n")
     admin_token = secrets.token_hex(24)
-    port, hub_port, proxy_port, service_port = (free_port() for _ in range(4))
+    port, hub_port, proxy_port, service_port, models_port = (free_port() for _ in range(5))
     service_config = tmp / "mlp_test_config.py"
     service_config.write_text(
         "c = get_config()\n"
@@ -177,6 +177,7 @@ for s in c.JupyterHub.services:
         MLP_HUB_PORT=str(hub_port),
         MLP_PROXY_API_PORT=str(proxy_port),
         MLP_SERVICE_PORT=str(service_port),
+        MLP_MODELS_PORT=str(models_port),
         MLP_ADMIN_USERS="admin",
         PATH=f"{REPO / 'node_modules' / '.bin'}{os.pathsep}{Path(sys.executable).parent}"
         f"{os.pathsep}{env.get('PATH', '')}",

@@ -328,6 +328,9 @@ def load_ipython_extension(ipython: Any) -> None:
     magics = TrainMagics(shell=ipython)
     ipython.register_magics(magics)
     ipython._mlp_magics = magics
+    from mlp_magics.serving_magics import ServingMagics
+
+    ipython.register_magics(ServingMagics(shell=ipython))
 
 
 def unload_ipython_extension(ipython: Any) -> None:

@@ -51,6 +51,16 @@ if [[ ",$extras," == *",test,"* ]]; then
   fi
   [ -d labextension/node_modules ] || npm --prefix labextension ci --no-audit --no-fund --loglevel=error
 fi
+# The model servers' own environment (kserve + TensorFlow): kserve pins protobuf<7 and
+# psutil<6, which would downgrade .venv's; model servers are separate processes anyway.
+serving_req=mlp/serving/requirements.txt
+if [[ ! -f .venv-serving/.requirements ]] || ! cmp -s "$serving_req" .venv-serving/.requirements; then
+  echo "install: the model-serving environment .venv-serving (kserve, TensorFlow)"
+  [ -x .venv-serving/bin/python ] || "$PYTHON" -m venv .venv-serving
+  .venv-serving/bin/python -m pip install --quiet --upgrade pip
+  .venv-serving/bin/python -m pip install --progress-bar off --quiet -r "$serving_req"
+  cp "$serving_req" .venv-serving/.requirements
+fi
 echo "install: configurable-http-proxy (npm)"
 npm install --no-audit --no-fund --loglevel=error
 echo "install: done"

@@ -12,7 +12,7 @@ import pytest
 import requests
 from mlptest import EXAMPLES, Api, Hub, kill_mlp_service, wait_for_service
 
-from mlp.api import documented_methods, route_table
+from mlp.api import documented_methods, response_models, route_table, route_template
 
 pytestmark = pytest.mark.integration
 END = {"Succeeded", "Failed", "Cancelled", "TimedOut"}
@@ -250,19 +250,26 @@ def test_openapi_documents_every_route():
     for pattern, handler in route_table(prefix):
         if pattern.endswith("/.*"):
             continue  # the JSON 404 for unknown routes
-        path = pattern[len(prefix):].replace("/?", "")
-        path = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", path)
+        path = route_template(pattern, prefix)
         assert path in doc["paths"], f"{handler.__name__} ({path}) is not in openapi.json"
         for method in documented_methods(handler):
             assert method in doc["paths"][path], f"{method.upper()} {path} undocumented"
             checked += 1
     assert checked >= 6
-    routed = {
-        re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern[len(prefix):].replace("/?", ""))
-        for pattern, _ in route_table(prefix)
-    }
+    routed = {route_template(pattern, prefix) for pattern, _ in route_table(prefix)}
     for path in doc["paths"]:
         assert path in routed, f"openapi.json documents {path}, which no handler serves"
+    # Every documented JSON answer is checked against its model when the service writes it.
+    checked_models = response_models(prefix)
+    for path, methods in doc["paths"].items():
+        for method, op in methods.items():
+            status = next(code for code in op["responses"] if code.startswith("2"))
+            content = op["responses"][status].get("content", {})
+            if "$ref" in content.get("application/json", {}).get("schema", {}):
+                handler = next(h for p, h in route_table(prefix)
+                               if route_template(p, prefix) == path)
+                assert (handler, method, int(status)) in checked_models, (
+                    f"{method.upper()} {path} answers without a response-model check")
 
 
 def test_openapi_served(hub: Hub):

@@ -394,3 +394,42 @@ async def test_preempting_a_job_that_ignores_sigterm(manager_factory):
     assert [e.to_state for e in m.store.events(victim.id)][-2:] == ["Preempted", "Queued"]
     assert all(gone(p) for p in pids)
     assert m.get(own.id).state == "Running"
+
+
+async def test_dependency_chains_settle_only_when_a_job_ends(manager_factory, tmp_path):
+    """A chain waits for its dependency; a failure fails the whole chain below it; passes in
+    which no job ended leave the waiting jobs alone (they cost no store reads)."""
+    m = manager_factory()
+    gate = tmp_path / "go"
+    code = f"import pathlib, sys, time\nwhile not pathlib.Path({str(gate)!r}).exists(): time.sleep(0.05)\nsys.exit(int(pathlib.Path({str(gate)!r}).read_text()))"
+    root = m.submit("alice", inline(code, name="root"))
+    child = m.submit("alice", inline("print('child')", name="child", depends_on=[root.id]))
+    grandchild = m.submit("alice", inline("print('gc')", name="gc", depends_on=[child.id]))
+    await wait_for_state(m, root.id, {JobState.RUNNING})
+    reads = 0
+    real_get = m.store.get_job
+
+    def counting_get(job_id):
+        nonlocal reads
+        reads += job_id in (child.id, grandchild.id)
+        return real_get(job_id)
+
+    m.store.get_job = counting_get
+    await m.tick()  # settles what the submissions left to check
+    reads = 0
+    for _ in range(3):
+        await m.tick()
+    assert reads == 0, "waiting jobs were re-read although no job ended"
+    m.store.get_job = real_get
+    assert m.get(child.id).reason.startswith("waiting for job")
+    gate.write_text("4")
+    root_end = await wait_for_state(m, root.id, END)
+    assert root_end.state == "Failed"
+    child_end = await wait_for_state(m, child.id, END)
+    gc_end = await wait_for_state(m, grandchild.id, END)
+    assert child_end.state == "Failed" and f"job {root.id} ended Failed" in child_end.reason
+    assert gc_end.state == "Failed" and f"job {child.id} ended Failed" in gc_end.reason
+
+    ok_root = m.submit("alice", inline("print('ok')", name="ok-root"))
+    after = m.submit("alice", inline("print('after')", name="after", depends_on=[ok_root.id]))
+    assert (await wait_for_state(m, after.id, END)).state == "Succeeded"

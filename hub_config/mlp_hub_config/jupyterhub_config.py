@@ -6,8 +6,8 @@ configures the whole platform: `c.JupyterHub.*`, `c.LocalMLPSpawner.*`, `c.MLPSe
 
   MLP_DATA_DIR         state folder (hub database, secrets, per-user folders, job database)
   MLP_IP / MLP_PORT    public address of the hub (default 127.0.0.1:8000)
-  MLP_HUB_PORT, MLP_PROXY_API_PORT, MLP_SERVICE_PORT
-                       internal ports (defaults 8081, 8001, 10101)
+  MLP_HUB_PORT, MLP_PROXY_API_PORT, MLP_SERVICE_PORT, MLP_MODELS_PORT
+                       internal ports (defaults 8081, 8001, 10101, 10102)
   MLP_ADMIN_USERS      comma-separated admin user names (default "admin")
   MLP_CULL_TIMEOUT     seconds before an idle notebook server is stopped (default: a week)
   MLP_AUTH             "native" (default: per-user passwords, jupyterhub-nativeauthenticator)
@@ -33,6 +33,7 @@ port = int(os.environ.get("MLP_PORT", "8000"))
 hub_port = int(os.environ.get("MLP_HUB_PORT", "8081"))
 proxy_api_port = int(os.environ.get("MLP_PROXY_API_PORT", "8001"))
 service_port = int(os.environ.get("MLP_SERVICE_PORT", "10101"))
+models_port = int(os.environ.get("MLP_MODELS_PORT", "10102"))
 admin_users = {
     u.strip() for u in os.environ.get("MLP_ADMIN_USERS", "admin").split(",") if u.strip()
 }
@@ -150,13 +151,18 @@ c.MLPIsolation.data_dir = str(data_dir)
 c.Spawner.default_url = "/lab"
 c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 180
-c.Spawner.environment = {"MLP_URL": f"http://127.0.0.1:{service_port}/services/mlp/"}
+c.Spawner.environment = {
+    "MLP_URL": f"http://127.0.0.1:{service_port}/services/mlp/",
+    # The models router (%mlp_deploy's "try it" box), with the same token auth as the proxy's.
+    "MLP_MODELS_URL": f"http://127.0.0.1:{models_port}/services/models/",
+}
 # The server's own token may call the mlp service (the notebook magics use it); an admin's
 # server also carries the admin scope (only scopes the user holds are granted).
 c.Spawner.server_token_scopes = [
     "users:activity!user",
     "access:servers!server",
     "access:services!service=mlp",
+    "access:services!service=models",
     "custom:mlp:admin",
 ]
 
@@ -165,9 +171,14 @@ c.JupyterHub.custom_scopes = {
     "custom:mlp:admin": {
         "description": "Administer the mlp platform: see and cancel every user's jobs.",
     },
+    "custom:mlp-models:query": {
+        "description": "Query every model deployed on the platform through /services/models/ "
+        "(without it: the models you own or that are shared with your groups).",
+    },
 }
 mlp_env = {k: v for k, v in os.environ.items() if k.startswith("MLP_")}
 mlp_env["MLP_DATA_DIR"] = str(data_dir)
+mlp_env["MLP_MODELS_PORT"] = str(models_port)
 c.JupyterHub.services = [
     {
         "name": "mlp",
@@ -181,15 +192,20 @@ c.JupyterHub.services = [
         "name": "idle-culler",
         "command": [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={cull_timeout}"],
     },
+    # Online prediction: /services/models/<name>/ is routed to the mlp service's models router
+    # (mlp/serving/router.py), which authorizes per model and forwards to the model servers.
+    {"name": "models", "url": f"http://127.0.0.1:{models_port}", "display": False},
     # The hub's own client of the mlp service: the spawner reserves notebook servers with it.
     {"name": "mlp-spawner", "api_token": creds["spawner_token"]},
 ]
 c.JupyterHub.load_roles = [
-    {"name": "user", "scopes": ["self", "access:services!service=mlp"]},
+    {"name": "user", "scopes": ["self", "access:services!service=mlp",
+                                "access:services!service=models"]},
     {
         "name": "mlp-admin",
         "description": "mlp platform administrators",
-        "scopes": ["custom:mlp:admin", "access:services!service=mlp"],
+        "scopes": ["custom:mlp:admin", "access:services!service=mlp",
+                   "access:services!service=models", "custom:mlp-models:query"],
         "users": sorted(admin_users),
     },
     # Exactly what jupyterhub-idle-culler needs (its README): find idle servers, stop them.

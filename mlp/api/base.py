@@ -204,8 +204,30 @@ class APIHandler(BaseHandler):
         return ApiError(400, "bad_request", str(e), **extra)
 
     def write_json(self, obj: Any, status: int = 200) -> None:
+        """Answer `obj`, checked against the response model the OpenAPI document names for this
+        route, method and status (`mlp.api.response_models`): a response that breaks the
+        documented contract is a bug of the service and answers 500 instead of reaching a client
+        that relies on the document."""
+        text = json.dumps(obj)
+        model = self.settings.get("response_models", {}).get(
+            (type(self), self.request.method.lower() if self.request.method else "", status)
+        )
+        if model is not None:
+            try:
+                model.model_validate_json(text)
+            except ValidationError as e:
+                err = e.errors(include_url=False)[0]
+                where = ".".join(str(p) for p in err["loc"]) or "(the body)"
+                self.log.error("response of %s %s breaks its schema %s: %s",
+                               self.request.method, self.request.path, model.__name__, e)
+                raise ApiError(
+                    500, "internal",
+                    f"the service built a response that does not match its documented schema "
+                    f"{model.__name__} ({where}: {err['msg']}); this is a bug of the mlp service: "
+                    "report it with the service log",
+                ) from None
         self.set_status(status)
-        self.finish(json.dumps(obj))
+        self.finish(text)
 
 
 def admin_only(

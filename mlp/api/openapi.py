@@ -41,6 +41,10 @@ def _path(name: str, schema: dict[str, Any] | None = None, description: str = ""
 
 
 JOB_ID = _path("job_id", {"type": "string", "pattern": "^[0-9]{1,18}$"}, "A job id.")
+MODEL = _path("name", {"type": "string", "pattern": "^[^/]+$"}, "A model name.")
+VERSION = _path("version", {"type": "string", "pattern": "^[0-9]{1,18}$"}, "A version number.")
+DEPLOYMENT_ID = _path("deployment_id", {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                      "A deployment id.")
 
 
 @dataclass
@@ -177,6 +181,71 @@ OPERATIONS = [
     ),
     Operation("/admin/usage", "get", "usage", "Usage per pool, group, user and cohort",
               s.Usage, admin=True),
+    Operation("/models", "get", "listModels",
+              "Registered models you may see (yours, your groups'; admins all)", s.ModelList),
+    Operation(
+        "/models/{name}", "get", "getModel", "A model: owner, group, versions, live deployments",
+        s.Model, params=[MODEL], errors=("401", "403", "404"),
+    ),
+    Operation(
+        "/models/{name}", "delete", "deleteModel",
+        "Delete a model with its versions; 409 while it has live deployments unless force=true",
+        s.ModelDeleted, params=[MODEL, _query("force", {"type": "boolean"})],
+        errors=("401", "403", "404", "409"),
+    ),
+    Operation(
+        "/models/{name}/versions", "get", "listModelVersions",
+        "A model's versions with job, parameters, final metrics and signature",
+        s.ModelVersionList, params=[MODEL], errors=("401", "403", "404"),
+    ),
+    Operation(
+        "/models/{name}/versions", "post", "registerModelVersion",
+        "Register a new immutable version from a job's SavedModel export folder",
+        s.ModelVersion, status="201", body=s.RegisterRequest, params=[MODEL],
+        errors=("400", "401", "403", "404"),
+        description="400 names the problem when the folder is missing, leaves your folder, "
+        "holds links or is not a loadable SavedModel with a `serving_default` signature.",
+    ),
+    Operation(
+        "/models/{name}/versions/{version}/stage", "post", "setModelVersionStage",
+        "Set a version's stage; `production` also promotes the model to the production pool",
+        s.ModelVersion, body=s.StageRequest, params=[MODEL, VERSION], errors=_ADMIN_ERRORS,
+        admin=True,
+    ),
+    Operation(
+        "/models/{name}/deployments", "get", "listDeployments", "A model's deployments",
+        s.DeploymentList, params=[MODEL], errors=("401", "403", "404"),
+    ),
+    Operation(
+        "/models/{name}/deployments", "post", "deployModel",
+        "Serve a version with KServe's model server, reserved in the quota ledger; 409 with "
+        "`blocking` when over quota", s.Deployment, status="201", body=s.DeployRequest,
+        params=[MODEL], errors=("400", "401", "403", "404", "409", "503"),
+        description="Queries go through the hub: `/services/models/{name}/v1/models/{name}"
+        ":predict` and `/services/models/{name}/v2/models/{name}/infer`.",
+    ),
+    Operation(
+        "/models/{name}/deployments/{deployment_id}", "get", "getDeployment",
+        "A deployment: state, replicas, events, request metrics and log tails", s.Deployment,
+        params=[MODEL, DEPLOYMENT_ID], errors=("401", "403", "404"),
+    ),
+    Operation(
+        "/models/{name}/deployments/{deployment_id}", "patch", "rollDeployment",
+        "Roll a running deployment to another version without dropping requests",
+        s.Deployment, body=s.RolloutRequest, params=[MODEL, DEPLOYMENT_ID],
+        errors=("400", "401", "403", "404", "409"),
+    ),
+    Operation(
+        "/models/{name}/deployments/{deployment_id}", "delete", "deleteDeployment",
+        "Stop a deployment and release its reservation", s.Deployment,
+        params=[MODEL, DEPLOYMENT_ID], errors=("401", "403", "404"),
+    ),
+    Operation(
+        "/models/{name}/deployments/{deployment_id}/manifest", "get", "deploymentManifest",
+        "The deployment as a KServe InferenceService manifest (for Kubernetes)", s.Manifest,
+        params=[MODEL, DEPLOYMENT_ID, _query("storage_uri", {"type": "string"})],
+        errors=("401", "403", "404"),
+    ),
 ]
 
 

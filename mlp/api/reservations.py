@@ -1,4 +1,8 @@
-"""`/reservations`: notebook servers reserve through the same ledger as jobs."""
+"""`/reservations`: notebook servers reserve through the same ledger as jobs.
+
+A reservation with gpus gets its own devices of the pool (``devices``), as a job does; the
+spawner sets the server's ``CUDA_VISIBLE_DEVICES`` from them.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ def _reservation(holder: Any) -> dict[str, Any]:
         "pool": holder.pool,
         "amount": holder.amount.to_dict(),
         "since": iso(holder.admitted_at),
+        "devices": list(holder.devices),
     }
 
 

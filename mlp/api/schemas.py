@@ -105,6 +105,11 @@ class Reservation(Response):
     pool: str
     amount: Resources
     since: Timestamp | None
+    devices: list[str] = Field(
+        description="the GPU devices of the pool the ledger allocated to this reservation, "
+        "one per reserved gpu, held by no other job or server: the server's "
+        'CUDA_VISIBLE_DEVICES is these joined by commas ("" when empty, so it sees no GPU)'
+    )
 
 
 class Job(Response):
@@ -337,5 +342,136 @@ class Usage(Response):
     users: dict[str, Resources]
     cohorts: dict[str, dict[str, Resources]]
 
+
+
+# ----------------------------------------------------------------------------- models (serving)
+CpuAmount = Annotated[float | str, WithJsonSchema(CPU_SCHEMA)]
+MemoryAmount = Annotated[int | str, WithJsonSchema(MEMORY_SCHEMA)]
+
+
+class TensorSpec(Response):
+    dtype: str
+    shape: list[int | None]
+
+
+class Signature(Response):
+    key: str
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+
+
+class Model(Response):
+    name: str
+    owner: str
+    group: str | None = Field(description="the hub group the model is shared with")
+    description: str
+    created_at: Timestamp
+    versions: int
+    latest_version: int | None
+    production_version: int | None
+    live_deployments: list[int]
+
+
+class ModelList(Response):
+    models: list[Model]
+
+
+class ModelVersion(Response):
+    model: str
+    version: int
+    job_id: int | None
+    source: str = Field(description="the export folder, relative to the owner's home")
+    params: dict[str, Any]
+    metrics: dict[str, Any] = Field(description="the job's final metrics per task")
+    signature: Signature
+    stage: Literal["none", "production", "archived"]
+    created_at: Timestamp
+    created_by: str
+
+
+class ModelVersionList(Response):
+    versions: list[ModelVersion]
+
+
+class RegisterRequest(BaseModel):
+    """A new version from a job's export folder (`job_id`, `path` relative to the job folder,
+    default `export`) or from a folder in your home (`path` alone)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: Annotated[int, Field(ge=1, le=2**62)] | None = None
+    path: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    group: Annotated[str, Field(min_length=1, max_length=255)] | None = Field(
+        None, description="share the model with this hub group (yours)")
+    description: Annotated[str, Field(max_length=2000)] = ""
+
+
+class StageRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    stage: Literal["none", "production", "archived"]
+
+
+class ModelDeleted(Response):
+    name: str
+    deleted: bool
+    stopped_deployments: list[int]
+
+
+class DeploymentMetrics(Response):
+    requests: int
+    errors: int
+    window_s: float
+    latency_ms: dict[str, float | None]
+    requests_per_s: float
+
+
+class Deployment(Response):
+    id: int
+    model: str
+    version: int
+    user: str
+    state: Literal["starting", "running", "rolling", "failed", "stopped"]
+    reason: str
+    resources: dict[str, float]
+    group: str
+    pool: str
+    restarts: int
+    created_at: Timestamp
+    updated_at: Timestamp
+    endpoint: str = Field(description="path through the hub's proxy")
+    replicas: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    metrics: DeploymentMetrics
+    logs: dict[str, str] | None = Field(None, description="log tail per replica (details)")
+
+
+class DeploymentList(Response):
+    deployments: list[Deployment]
+
+
+class DeployRequest(BaseModel):
+    """Serve a version (default: the production version, else the latest)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Annotated[int, Field(ge=1, le=2**62)] | None = None
+    cpu: CpuAmount | None = None
+    memory: MemoryAmount | None = None
+    replicas: Annotated[int, Field(ge=1, le=1024)] = 1
+    group: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+
+
+class RolloutRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: Annotated[int, Field(ge=1, le=2**62)]
+
+
+class Manifest(Response):
+    apiVersion: str
+    kind: str
+    metadata: dict[str, Any]
+    spec: dict[str, Any]
 
 Error.model_rebuild()

@@ -21,6 +21,8 @@ class JobLaunch:
     spec: JobSpec
     python: list[str]  # the runtime's interpreter command, e.g. ["/usr/bin/python3"]
     attempt: int = 1
+    # GPU devices the quota ledger allocated to the job; its tasks take them in task order
+    devices: tuple[str, ...] = ()
 
 
 @dataclass

@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 from traitlets import Any as AnyTrait
-from traitlets import Float, List, Unicode, default
+from traitlets import Float, Unicode
 
 from mlp.backends.base import JobBackend, JobLaunch, Observation, SetupError, TaskStatus
 from mlp.core.paths import job_dir, user_home
@@ -63,25 +63,6 @@ class LocalProcessBackend(JobBackend):
         300.0, config=True, help="Seconds allowed for `git clone` of a job's source."
     )
     git_command = Unicode("git", config=True, help="The git executable used to fetch sources.")
-    gpu_devices = List(
-        Unicode(),
-        config=True,
-        help="""GPU device ids of this machine that tasks may use (CUDA_VISIBLE_DEVICES values,
-        e.g. ["0", "1"]). A task that reserved n GPUs gets n devices no other running task holds,
-        and sees only those. Default: the devices `nvidia-smi -L` lists, none without it.""",
-    )
-
-    @default("gpu_devices")
-    def _default_gpus(self) -> list[str]:
-        smi = shutil.which("nvidia-smi")
-        if smi is None:
-            return []
-        try:
-            out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.TimeoutExpired):
-            return []
-        return [str(i) for i, line in enumerate(out.stdout.splitlines())
-                if line.startswith("GPU ")]
     isolation = AnyTrait(
         None,
         allow_none=True,
@@ -97,7 +78,6 @@ class LocalProcessBackend(JobBackend):
         super().__init__(**kwargs)
         self._children = {}
         self._oom_killed: dict[str, str] = {}  # cgroup name -> memory limit, once removed
-        self._gpu_holders: dict[str, tuple[int, str]] = {}  # device -> (job id, task)
         self.outbound = OutboundPolicy(parent=self, log=self.log)
 
     # ------------------------------------------------------------------ isolation
@@ -273,6 +253,7 @@ class LocalProcessBackend(JobBackend):
         base_env = run_as_env(account, base_env)
         cgroups = self._cgroups()
         tasks: list[dict[str, Any]] = state["tasks"]
+        devices = _split_devices(launch, names)
         try:
             for role, index in names:
                 name = f"{role}:{index}"
@@ -286,7 +267,8 @@ class LocalProcessBackend(JobBackend):
                     MLP_TASK_TYPE=role,
                     MLP_TASK_INDEX=str(index),
                 )
-                gpus = self._take_gpus(launch.job_id, name, task_spec.gpu)
+                # the ledger's allocation; "" hides every GPU from a task that reserved none
+                gpus = devices[(role, index)]
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
                 cgroup: Cgroup | None = None
                 if cgroups is not None:
@@ -378,8 +360,6 @@ class LocalProcessBackend(JobBackend):
             status.exit_code = code
         elif proc is not None and proc.returncode is not None and proc.returncode < 0:
             status.signal = -proc.returncode
-        if "job_id" in t:  # ended: its devices are free again
-            self._release_gpus(int(t["job_id"]), t["name"])
         cg = self._cgroup_of(t)
         if cg is not None:
             if cg.name in self._oom_killed:
@@ -396,10 +376,6 @@ class LocalProcessBackend(JobBackend):
 
     def adopt(self, job_id: int, backend_state: dict[str, Any]) -> Observation:
         obs = self.observe_job(job_id, backend_state)
-        for t, status in zip(backend_state.get("tasks", []), obs.tasks, strict=False):
-            if status.running:
-                for device in t.get("gpus") or []:
-                    self._gpu_holders[device] = (job_id, t["name"])
         gone = [t for t in obs.tasks if not t.running and t.exit_code is None]
         if not backend_state.get("tasks"):
             obs.lost = "lost after restart: the service stopped before the job's tasks started"
@@ -429,31 +405,10 @@ class LocalProcessBackend(JobBackend):
             await asyncio.sleep(0.02)
             live = [t for t in live if self._members(t)]
         for t in targets:
-            self._release_gpus(job_id, t["name"])
             cg = self._cgroup_of(t)
             if cg is not None:
                 with contextlib.suppress(CgroupError, OSError):
                     cg.remove()
-
-    # ------------------------------------------------------------------ GPUs
-    def _take_gpus(self, job_id: int, task: str, count: int) -> list[str]:
-        """`count` devices for a task: a per-device allocation, so tasks never share one."""
-        if count == 0:
-            return []
-        free = [d for d in self.gpu_devices if d not in self._gpu_holders]
-        if len(free) < count:
-            raise SetupError(
-                f"task {task} reserved {count} GPU(s) but only {len(free)} of this machine's "
-                f"{len(self.gpu_devices)} are free (c.LocalProcessBackend.gpu_devices)"
-            )
-        for device in free[:count]:
-            self._gpu_holders[device] = (job_id, task)
-        return free[:count]
-
-    def _release_gpus(self, job_id: int, task: str) -> None:
-        for device, holder in list(self._gpu_holders.items()):
-            if holder == (job_id, task):
-                del self._gpu_holders[device]
 
     def _members(self, t: dict[str, Any]) -> list[int]:
         """The processes left of a task: those in its cgroup, or else those of its process
@@ -498,6 +453,25 @@ class LocalProcessBackend(JobBackend):
         for t in backend_state.get("tasks", []):
             paths[t["name"]] = t["log"]
         return paths
+
+
+def _split_devices(
+    launch: JobLaunch, names: list[tuple[str, int]]
+) -> dict[tuple[str, int], list[str]]:
+    """The job's devices (allocated by the quota ledger) dealt to its tasks in task order."""
+    wanted = sum(launch.spec.tasks[role].gpu for role, _ in names)
+    if wanted != len(launch.devices):
+        raise SetupError(
+            f"the job's tasks request {wanted} GPU(s) but the quota ledger allocated "
+            f"{len(launch.devices)} device(s) {list(launch.devices)!r}; this is a platform "
+            "error, report it to an admin (see the mlp service log)"
+        )
+    dealt: dict[tuple[str, int], list[str]] = {}
+    left = list(launch.devices)
+    for role, index in names:
+        count = launch.spec.tasks[role].gpu
+        dealt[(role, index)], left = left[:count], left[count:]
+    return dealt
 
 
 def _read_exit_file(path: Path) -> int | None:

@@ -60,6 +60,8 @@ class HubSync(LoggingConfigurable):
         for h in list(quota.ledger.holders()):
             if h.kind != "server" or now - h.admitted_at < self.grace:
                 continue
+            if h.id.startswith("deploy:"):
+                continue  # a model deployment (mlp/serving), not a notebook server
             if h.user not in by_user:
                 by_user[h.user] = await self._hub("GET", f"/users/{quote(h.user, safe='')}")
             model = by_user[h.user]

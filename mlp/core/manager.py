@@ -74,8 +74,11 @@ class JobManager:
         self.settings = settings
         self.quota = quota
         self.notifier = notifier
-        # Queued jobs waiting for their dependencies (not in the scheduler yet).
+        # Queued jobs waiting for their dependencies (not in the scheduler yet), and whether a
+        # job ended since they were last checked (only an ending can settle a dependency, so a
+        # pass without one skips the check: hundreds of waiting jobs cost nothing per pass).
         self._waiting: set[int] = set()
+        self._ended_since_dependency_check = True
         self.log = log or logging.getLogger("mlp.core.manager")
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
@@ -370,6 +373,7 @@ class JobManager:
             if hid in self.quota.scheduler:
                 self.quota.scheduler.remove(hid)
             self._waiting.discard(job.id)
+            self._ended_since_dependency_check = True
             self._alert(job, target)
         for q in list(self._watchers.get(job.id, ())):
             if not q.full():
@@ -402,7 +406,12 @@ class JobManager:
                 )
                 return
             launch = JobLaunch(
-                job_id=job.id, user=job.user, spec=spec, python=python, attempt=job.attempt
+                job_id=job.id,
+                user=job.user,
+                spec=spec,
+                python=python,
+                attempt=job.attempt,
+                devices=self.quota.ledger.holder(job_holder_id(job.id)).devices,
             )
             try:
                 state = await self.backend.submit(launch)
@@ -494,10 +503,14 @@ class JobManager:
     def _enqueue(self, job: Job) -> None:
         if job.spec.get("depends_on"):
             self._waiting.add(job.id)
+            self._ended_since_dependency_check = True  # its dependencies may have ended meanwhile
         else:
             self.quota.scheduler.submit(self.quota.demand_for(job))
 
     def _resolve_dependencies(self) -> None:
+        if not self._ended_since_dependency_check:
+            return
+        self._ended_since_dependency_check = False
         for job_id in sorted(self._waiting):
             job = self.get(job_id)
             deps = [self.store.get_job(d) for d in job.spec.get("depends_on", [])]

@@ -91,6 +91,7 @@ def _holder_row(h: Holder) -> HolderRow:
         priority=h.priority,
         admitted_at=h.admitted_at,
         until=h.until,
+        devices=list(h.devices),
     )
 
 
@@ -106,6 +107,7 @@ def _holder(row: HolderRow, extra: Iterable[str]) -> Holder:
         priority=row.priority,
         admitted_at=row.admitted_at,
         until=row.until,
+        devices=tuple(str(d) for d in row.devices or ()),
     )
 
 
@@ -192,7 +194,18 @@ class QuotaService:
             pools.values(), groups.values(), expansions, holders, now=now
         )
         self.scheduler = QueueScheduler(self.ledger, self.policy, backfill=self.backfill)
-        return self.ledger.advance(now)
+        preempted = self.ledger.advance(now)
+        self._store_devices()
+        return preempted
+
+    def _store_devices(self) -> None:
+        """Record devices the ledger (re)allocated: rows from before devices were kept, or
+        naming a device its pool no longer lists."""
+        with self.store.session() as s:
+            stored = {r.id: r.devices for r in s.scalars(select(HolderRow))}
+            for holder in self.ledger.holders():
+                if holder.id in stored and stored[holder.id] != list(holder.devices):
+                    s.merge(_holder_row(holder))
 
     # ------------------------------------------------------------------ demands
     def demand_for(self, job: Job) -> Demand:
@@ -258,9 +271,13 @@ class QuotaService:
             s.execute(delete(HolderRow).where(HolderRow.id == holder_id))
 
     def reserve_server(
-        self, holder_id: str, user: str, group: str, pool: str, amount: Resources, now: float
+        self, holder_id: str, user: str, group: str, pool: str, amount: Resources, now: float,
+        promoted: bool = False,
     ) -> Holder:
-        holder = self.ledger.reserve(holder_id, user, group, pool, amount, kind="server", now=now)
+        """A holder without a runtime limit: a notebook server, or a model deployment (which
+        may run in the production pool when an admin promoted the model: `promoted`)."""
+        holder = self.ledger.reserve(holder_id, user, group, pool, amount, kind="server",
+                                     now=now, promoted=promoted)
         with self.store.session() as s:
             s.merge(_holder_row(holder))
         return holder
@@ -276,12 +293,24 @@ class QuotaService:
         return preempted
 
     def set_pool(self, name: str, spec: dict[str, Any], by: str) -> list[Preemption]:
+        old = self.ledger.pools.get(name)
+        if "devices" not in spec and old is not None and old.devices is not None:
+            # the admin API sets capacities only: a configured device list stays while the
+            # gpu count does not change (else the indices 0..n-1 apply, as without a list)
+            gpu = (
+                parse_resources(spec.get("capacity") or {}, self.config.extra_resources).gpu
+                if isinstance(spec.get("capacity"), dict)
+                else 0
+            )
+            if gpu == len(old.devices):
+                spec = {**spec, "devices": list(old.devices)}
         # build_pools insists on a default pool; only `name` is taken from the result.
         cfg = self._derive(pools={DEFAULT_POOL: {"capacity": "machine"}, name: spec})
         pool = cfg.build_pools(self.machine)[name]
         preempted = self.ledger.set_pool(pool)
         with self.store.session() as s:
             s.merge(PoolRow(name=name, spec=spec, updated_at=time.time(), updated_by=by))
+        self._store_devices()
         self.scheduler.rescore()
         return preempted
 

@@ -118,6 +118,18 @@ class Cgroup:
         return 0
 
     def kill(self) -> None:
+        """SIGKILL everything inside. On cgroup v2 with ``cgroup.kill`` (Linux 5.14+) the kernel
+        kills the whole cgroup at once, processes forked meanwhile included; elsewhere each
+        listed process is signalled (`kill_each`, which `remove` repeats until the cgroup is
+        empty)."""
+        if self.version == 2:
+            with contextlib.suppress(FileNotFoundError):
+                (self.dirs["unified"] / "cgroup.kill").write_text("1")
+                return
+        self.kill_each()
+
+    def kill_each(self) -> None:
+        """SIGKILL each process the cgroup lists now (the fallback of `kill`)."""
         for pid in self.pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -165,6 +177,9 @@ class CgroupDriver:
         if os.geteuid() != 0:
             return cls(None, rootp, parent, "the platform does not run as root")
         if (rootp / "cgroup.controllers").exists():
+            missing = cls._missing_v2_controllers(rootp)
+            if missing:
+                return cls(None, rootp, parent, missing)
             driver = cls(2, rootp, parent)
         elif (rootp / "memory" / "memory.limit_in_bytes").exists() and (
             rootp / "cpu" / "cpu.cfs_quota_us"
@@ -177,6 +192,29 @@ class CgroupDriver:
         except OSError as e:
             return cls(None, rootp, parent, f"cannot create cgroups under {rootp}: {e}")
         return driver
+
+    @staticmethod
+    def _missing_v2_controllers(root: Path) -> str:
+        """Why the cgroup v2 hierarchy at `root` cannot enforce limits, or "" if it can.
+
+        Checked before anything is created there: a controller that a cgroup v1 hierarchy
+        holds (a hybrid host) never shows up in cgroup v2, so nothing could be limited.
+        """
+        try:
+            available = set((root / "cgroup.controllers").read_text().split())
+        except OSError as e:
+            return f"cannot read the cgroup v2 controllers at {root}: {e}"
+        missing = sorted({"memory", "cpu"} - available)
+        if not missing:
+            return ""
+        return (
+            f"the cgroup v2 hierarchy at {root} lacks the {' and '.join(missing)} "
+            f"controller{'s' if len(missing) > 1 else ''} (it offers "
+            f"{', '.join(sorted(available)) or 'none'}); on a host that mounts both cgroup "
+            "versions they belong to the cgroup v1 hierarchies: set c.MLPIsolation.cgroup_root "
+            "to where those are mounted (e.g. /sys/fs/cgroup), or boot with cgroup v2 only "
+            "(systemd.unified_cgroup_hierarchy=1)"
+        )
 
     def _parent_dirs(self) -> dict[str, Path]:
         if self.version == 2:

@@ -6,6 +6,12 @@ pool; per group and pool split into own and borrowed quota; per cohort and pool 
 group and user). Only `add_holder`, `remove_holder` and `apply` change the totals, always by a
 holder's whole amount, so they always equal a recount from the holders.
 
+GPU devices are accounted one by one: each pool's `Pool.device_ids` are owned by at most one
+holder at a time (`device_owners`), and a holder owns exactly as many as the gpus it reserved.
+`add_holder` and `remove_holder` take and give back a holder's devices (never `apply`, whose
+what-if removals must not hand a device out); `settle_devices` rebuilds the table after a
+restart or a change of a pool's device list.
+
 The arithmetic of quota lives here too: a group's nominal quota in a time window (its limit plus
 the expansions active during the whole window), its idle quota, and what the groups of a cohort
 may lend (`lendable_supply`). No method here refuses a reservation or preempts anything; that is
@@ -15,6 +21,7 @@ may lend (`lendable_supply`). No method here refuses a reservation or preempts a
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 
 from mlp.scheduling.model import Expansion, Holder, Pool, QuotaGroup, UnknownNameError
 from mlp.scheduling.resources import Resources
@@ -44,6 +51,7 @@ class Accounts:
         self._user_used: dict[_Key, Resources] = {}
         self._server_own: dict[_Key, Resources] = {}
         self._holders_in: dict[_Key, dict[str, Holder]] = {}
+        self._device_owner: dict[str, dict[str, str]] = {}  # pool -> device -> holder id
         # lendable supply per (cohort, pool): recomputed only when that cohort's state changes
         self._supply_cache: dict[_Key, dict[tuple[float, float], Resources]] = {}
         for pool in pools:
@@ -235,10 +243,25 @@ class Accounts:
     def holders_in(self, group: str, pool: str) -> Iterator[Holder]:
         return iter(self._holders_in.get((group, pool), {}).values())
 
-    def add_holder(self, holder: Holder) -> None:
-        """Record a holder and count it in every total (no limit is checked here)."""
+    def add_holder(self, holder: Holder, *, take_devices: bool = True) -> None:
+        """Record a holder and count it in every total (no limit is checked here).
+
+        Its devices must be declared in its pool and free. ``take_devices`` False (rebuilding
+        from the store) leaves the device table to `settle_devices`, called next.
+        """
         if holder.id in self._holders:
             raise ValueError(f"holder {holder.id!r} is listed twice")
+        if take_devices:
+            owners = self._device_owner.setdefault(holder.pool, {})
+            declared = set(self._pools[holder.pool].device_ids)
+            for device in holder.devices:
+                if device not in declared or device in owners:
+                    raise ValueError(
+                        f"holder {holder.id!r}: device {device!r} of pool {holder.pool!r} is "
+                        f"{'held by ' + repr(owners[device]) if device in owners else 'unknown'}"
+                    )
+            for device in holder.devices:
+                owners[device] = holder.id
         self._holders[holder.id] = holder
         self.apply(holder, 1)
 
@@ -246,7 +269,56 @@ class Accounts:
         holder = self.holder(holder_id)
         del self._holders[holder_id]
         self.apply(holder, -1)
+        owners = self._device_owner.get(holder.pool, {})
+        for device in holder.devices:
+            if owners.get(device) == holder_id:
+                del owners[device]
         return holder
+
+    # -- devices ---------------------------------------------------------------------------
+    def free_devices(self, pool: str) -> list[str]:
+        """The pool's devices no holder owns, in the pool's order."""
+        owners = self._device_owner.get(pool, {})
+        return [d for d in self._pools[pool].device_ids if d not in owners]
+
+    def device_owners(self, pool: str) -> Mapping[str, str]:
+        """Device -> holder id for the pool's devices that are held."""
+        return self._device_owner.get(pool, {})
+
+    def settle_devices(self) -> list[Holder]:
+        """Rebuild the device table from the holders; returns the holders whose devices changed.
+
+        Older holders first (admission time, then id) keep the devices they name that are
+        declared in their pool and not yet taken; a holder left short (a row from before
+        devices were recorded, a device dropped from the pool's list) gets the first free ones.
+        A holder stays short only while its pool is over its gpu capacity, which repair ends.
+        """
+        self._device_owner = {name: {} for name in self._pools}
+        ordered = sorted(self._holders.values(), key=lambda h: (h.admitted_at, h.id))
+        kept: dict[str, list[str]] = {}
+        for holder in ordered:
+            owners = self._device_owner[holder.pool]
+            declared = set(self._pools[holder.pool].device_ids)
+            mine = kept[holder.id] = []
+            for device in holder.devices:
+                if device in declared and device not in owners and len(mine) < holder.amount.gpu:
+                    owners[device] = holder.id
+                    mine.append(device)
+        changed: list[Holder] = []
+        for holder in ordered:
+            mine = kept[holder.id]
+            short = holder.amount.gpu - len(mine)
+            if short > 0:
+                extra = self.free_devices(holder.pool)[:short]
+                for device in extra:
+                    self._device_owner[holder.pool][device] = holder.id
+                mine += extra
+            if tuple(mine) != holder.devices:
+                settled = replace(holder, devices=tuple(mine))
+                self._holders[holder.id] = settled
+                self._holders_in[(holder.group, holder.pool)][holder.id] = settled
+                changed.append(settled)
+        return changed
 
     def apply(self, holder: Holder, sign: int) -> None:
         """Add (``sign`` 1) or take away (-1) a holder's amounts in every total.

@@ -48,9 +48,13 @@ class QuotaConfig(Configurable):
         },
         config=True,
         help="""Pools by name: {"capacity": {"cpu": 32, "memory": "128Gi", "gpu": 4} or
-        "machine", "priority": int, "requires_promotion": bool}. "machine" is the local
-        machine's cpu and memory, as the service measures them. On one machine both default
-        pools share the hardware: give them explicit capacities to partition it.""",
+        "machine", "priority": int, "requires_promotion": bool, "devices": ["0", "1"]}.
+        "machine" is the local machine's cpu and memory, as the service measures them. On one
+        machine both default pools share the hardware: give them explicit capacities to
+        partition it. The ledger hands each job and notebook server its own GPU devices of the
+        pool (their CUDA_VISIBLE_DEVICES): "devices" lists them (indices or GPU UUIDs; the
+        gpu capacity is then their number), without it a capacity of gpu n means the devices
+        "0" .. "n-1". Pools on the same machine must list disjoint devices.""",
     )
     groups = Dict(
         default_value={},
@@ -90,16 +94,32 @@ class QuotaConfig(Configurable):
         for name, raw in self.pools.items():
             where = f"QuotaConfig.pools[{name!r}]"
             spec = _as_mapping(raw, where)
-            _only(spec, {"capacity", "priority", "requires_promotion"}, where)
+            _only(spec, {"capacity", "priority", "requires_promotion", "devices"}, where)
             priority = spec.get("priority", 0)
             if isinstance(priority, bool) or not isinstance(priority, int):
                 raise ValueError(f"{where}.priority: expected an int, got {priority!r}")
-            built[name] = Pool(
-                name,
-                self._resources(spec.get("capacity", MACHINE), machine, f"{where}.capacity"),
-                priority=priority,
-                requires_promotion=bool(spec.get("requires_promotion", False)),
-            )
+            capacity = self._resources(spec.get("capacity", MACHINE), machine, f"{where}.capacity")
+            devices = spec.get("devices")
+            if devices is not None:
+                if not isinstance(devices, list | tuple) or not all(
+                    isinstance(d, str) for d in devices
+                ):
+                    raise ValueError(
+                        f"{where}.devices: expected a list of device ids such as ['0', '1'], "
+                        f"got {devices!r}"
+                    )
+                if capacity.gpu == 0:  # the list says how many GPUs the pool has
+                    capacity = capacity + Resources(gpu=len(devices))
+            try:
+                built[name] = Pool(
+                    name,
+                    capacity,
+                    priority=priority,
+                    requires_promotion=bool(spec.get("requires_promotion", False)),
+                    devices=None if devices is None else tuple(devices),
+                )
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
         if DEFAULT_POOL not in built:
             raise ValueError(f"QuotaConfig.pools: the {DEFAULT_POOL!r} pool must be declared")
         return built

@@ -7,7 +7,9 @@ through it, and no method can leave it in a state that breaks a limit:
 * per group and pool: own usage <= limit + active expansions (the rest of its usage is borrowed);
 * per cohort and pool: what its groups borrowed <= the idle quota its groups may lend
   (each group lends at most ``lend_limit`` and only quota it is not using);
-* per member of a group: usage summed over pools <= personal cap.
+* per member of a group: usage summed over pools <= personal cap;
+* per GPU device: at most one holder, and each holder owns exactly its reserved gpu count of
+  its pool's devices (`reserve` allocates them, `release` gives them back).
 
 The service persists holders in its store and rebuilds the ledger at start with
 `Ledger.from_holders`; time only moves through `advance`, which ends expansions and, if a limit
@@ -76,11 +78,14 @@ class Ledger(Accounts):
 
         Holders are facts (processes that run), so they are loaded even if the configuration
         shrank meanwhile; call `advance` next to learn which jobs must be preempted.
+        Each holder keeps the GPU devices the store recorded for it (see
+        `Accounts.settle_devices` for rows that name none or a device the pool lost).
         """
         ledger = cls(pools, groups, expansions, now=now)
         for holder in holders:
             ledger.require_known(holder.group, holder.pool)
-            ledger.add_holder(holder)
+            ledger.add_holder(holder, take_devices=False)
+        ledger.settle_devices()
         return ledger
 
     # -- admission -------------------------------------------------------------------------
@@ -128,6 +133,22 @@ class Ledger(Accounts):
         )
         if blocking or split is None:
             raise QuotaExceeded(holder_id, blocking)
+        devices = self.free_devices(pool)[: amount.gpu]
+        if len(devices) < amount.gpu:  # cannot happen while the gpu count fits: defensive
+            raise QuotaExceeded(
+                holder_id,
+                (
+                    admission.blocker(
+                        "pool",
+                        pool,
+                        "gpu",
+                        amount.gpu,
+                        len(devices),
+                        f"only {{available}} of pool {pool!r}'s GPU devices are free",
+                        len(self.pools[pool].device_ids),
+                    ),
+                ),
+            )
         holder = Holder(
             id=holder_id,
             user=user,
@@ -139,6 +160,7 @@ class Ledger(Accounts):
             priority=priority,
             admitted_at=now,
             until=None if runtime is None else now + runtime,
+            devices=tuple(devices),
         )
         self.add_holder(holder)
         return holder
@@ -217,6 +239,8 @@ class Ledger(Accounts):
 
     def _repair(self, why: str) -> list[Preemption]:
         preempted = reclaim.repair(self, why)
+        # capacity holds again: holders a restart or a new device list left short get devices
+        self.settle_devices()
         self._dirty = False
         return preempted
 

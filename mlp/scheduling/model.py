@@ -73,18 +73,48 @@ def _frozen_map(value: Mapping[str, Resources], what: str) -> Mapping[str, Resou
 
 @dataclass(frozen=True)
 class Pool:
-    """A set of machines jobs run on. ``production`` admits promoted jobs only."""
+    """A set of machines jobs run on. ``production`` admits promoted jobs only.
+
+    ``devices`` names the pool's GPU devices (``CUDA_VISIBLE_DEVICES`` values such as ``"0"``
+    or ``"GPU-<uuid>"``); None stands for the indices ``0 .. capacity.gpu - 1``. An explicit
+    list must have exactly ``capacity.gpu`` distinct entries, so the ledger's gpu count and its
+    per-device allocation can never disagree.
+    """
 
     name: str
     capacity: Resources
     priority: int = 0
     requires_promotion: bool = False
+    devices: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         _require_name(self.name, "pool name")
         _require_vector(self.capacity, f"pool {self.name!r} capacity")
         if isinstance(self.priority, bool) or not isinstance(self.priority, int):
             raise ValueError(f"pool {self.name!r} priority: expected an int, got {self.priority!r}")
+        if self.devices is not None:
+            devices = tuple(self.devices)
+            where = f"pool {self.name!r} devices"
+            for device in devices:
+                if not isinstance(device, str) or not device.strip() or not device.isprintable():
+                    raise ValueError(f"{where}: expected device ids such as '0', got {device!r}")
+                if "," in device or device != device.strip():
+                    raise ValueError(f"{where}: {device!r} may not contain commas or spaces")
+            if len(set(devices)) != len(devices):
+                raise ValueError(f"{where}: {list(devices)!r} lists a device twice")
+            if len(devices) != self.capacity.gpu:
+                raise ValueError(
+                    f"{where}: {len(devices)} device(s) {list(devices)!r} but capacity says "
+                    f"gpu {self.capacity.gpu}; the list must name each GPU of the pool once"
+                )
+            object.__setattr__(self, "devices", devices)
+
+    @property
+    def device_ids(self) -> tuple[str, ...]:
+        """The pool's GPU devices, in allocation order."""
+        if self.devices is not None:
+            return self.devices
+        return tuple(str(i) for i in range(self.capacity.gpu))
 
 
 @dataclass(frozen=True)
@@ -212,6 +242,8 @@ class Holder:
     ``borrowed`` is the part of ``amount`` taken from other groups' idle quota in the cohort;
     a job with a non-zero ``borrowed`` is preemptible for its whole run. ``until`` is when the
     holder will have released at the latest (a job's start + max runtime; None for servers).
+    ``devices`` are the pool's GPU devices the ledger allocated to it, one per reserved gpu
+    (a job's tasks take them in task order); no device is ever held by two holders.
     """
 
     id: str
@@ -224,6 +256,7 @@ class Holder:
     priority: int = 0
     admitted_at: float = 0.0
     until: float | None = None
+    devices: tuple[str, ...] = ()
 
     @property
     def own(self) -> Resources:

@@ -24,7 +24,14 @@ from mlp.scheduling.accounting import Accounts
 from mlp.scheduling.admission import evaluate_demand
 from mlp.scheduling.model import Demand, Holder, Preemption
 
-__all__ = ["first_violation", "plan_reclaim", "repair", "victim_order", "violations"]
+__all__ = [
+    "device_violations",
+    "first_violation",
+    "plan_reclaim",
+    "repair",
+    "victim_order",
+    "violations",
+]
 
 _Found = tuple[str, list[Holder]]
 
@@ -57,11 +64,39 @@ def violations(accounts: Accounts) -> list[str]:
         cap = accounts.groups[group].cap_of(user)
         if cap is not None and not used.fits(cap):
             found.append(f"user {user!r} in {group!r}: {used!r} > cap {cap!r}")
+    found += device_violations(accounts)
     for holder in accounts.holders():
         if holder.kind == "server" and not holder.borrowed.is_zero():
             found.append(f"server {holder.id!r} borrows {holder.borrowed!r}")
         if holder.borrowed and accounts.groups[holder.group].cohort is None:
             found.append(f"holder {holder.id!r} borrows outside any cohort")
+    return found
+
+
+def device_violations(accounts: Accounts) -> list[str]:
+    """No GPU device held twice; each holder owns exactly its gpu count of declared devices."""
+    found: list[str] = []
+    seen: dict[tuple[str, str], str] = {}
+    for holder in accounts.holders():
+        declared = set(accounts.pools[holder.pool].device_ids)
+        if len(holder.devices) != holder.amount.gpu:
+            found.append(
+                f"holder {holder.id!r} owns {len(holder.devices)} device(s) for "
+                f"{holder.amount.gpu} gpu(s)"
+            )
+        for device in holder.devices:
+            key = (holder.pool, device)
+            if key in seen:
+                found.append(
+                    f"device {device!r} of pool {holder.pool!r} held by "
+                    f"{seen[key]!r} and {holder.id!r}"
+                )
+            seen[key] = holder.id
+            if device not in declared:
+                found.append(f"holder {holder.id!r} owns undeclared device {device!r}")
+    table = {(p, d): h for p in accounts.pools for d, h in accounts.device_owners(p).items()}
+    if table != seen:
+        found.append(f"device table {table!r} differs from the holders' devices {seen!r}")
     return found
 
 

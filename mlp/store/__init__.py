@@ -93,6 +93,8 @@ class HolderRow(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0)
     admitted_at: Mapped[float] = mapped_column(Float)
     until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # GPU device ids the ledger allocated (CUDA_VISIBLE_DEVICES); None in rows from before
+    devices: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class QuotaGroupRow(Base):

@@ -20,7 +20,7 @@ from kubespawner import KubeSpawner
 from traitlets import Bool, Dict, List, Unicode, default
 
 from mlp.scheduling.resources import format_cpu, format_memory, parse_cpu, parse_memory
-from mlp_spawner.reservations import MLPUnavailable, ReservationMixin, ReservationRefused, describe
+from mlp_spawner.reservations import ReservationMixin, ReservationRefused
 
 GPU = "nvidia.com/gpu"
 QUOTA_NAME = "mlp-user-cap"
@@ -87,7 +87,8 @@ class QuotaKubeSpawner(ReservationMixin, KubeSpawner):
             raise ReservationRefused(
                 "this server has no cpu and memory limit; the platform reserves every server "
                 "in the quota ledger, so configure c.QuotaKubeSpawner.sizes (or cpu_limit and "
-                "mem_limit)"
+                "mem_limit)",
+                500,
             )
         amount: dict[str, Any] = {"cpu": float(self.cpu_limit), "memory": int(self.mem_limit)}
         gpus = int(self.extra_resource_limits.get(self.gpu_resource, 0) or 0)
@@ -110,38 +111,38 @@ class QuotaKubeSpawner(ReservationMixin, KubeSpawner):
         await self.load_user_options()
         self._pin_guarantees()
         amount = self.reservation_amount()
-        try:
-            await self.reserve(self.user.name, self.name, amount)
-        except MLPUnavailable as e:
-            raise ReservationRefused(str(e)) from None
-        self._mlp_progress.append(
-            {
-                "progress": 5,
-                "message": f"Reserved {describe(amount)} in the quota ledger "
-                f"(group {self.reserved.get('group') if self.reserved else '?'})",
-            }
-        )
+        await self.reserve_server(amount)
+        self._mlp_progress.append({"progress": 5, "message": self.reserved_message(amount)})
         try:
             await self._check_pvc_owner()
             return await super()._start()
         except BaseException:
-            await self._release_quietly()
+            await self.release_server()
             raise
+
+    async def load_user_options(self) -> None:
+        """A request for a size that is not offered (beyond the user's cap, or unknown), or
+        with fields of its own, is refused before anything is reserved."""
+        options = dict(self.user_options or {})
+        if options:
+            profiles = self.profile_list
+            if callable(profiles):
+                profiles = await profiles(self)
+            self.check_options(options, [p["slug"] for p in profiles or []])
+        await super().load_user_options()
 
     async def stop(self, now: bool = False) -> None:
         try:
             await super().stop(now=now)
         finally:
-            await self._release_quietly()
+            await self.release_server()
 
-    async def _release_quietly(self) -> None:
-        try:
-            await self.release(self.user.name, self.name)
-        except MLPUnavailable as e:
-            # The mlp service reconciles reservations of servers that no longer run.
-            self.log.error(
-                "could not release %s/%s's reservation: %s", self.user.name, self.name, e
-            )
+    async def poll(self) -> int | None:
+        status: int | None = await super().poll()
+        if status is not None and self.reservation_id:
+            # The pod is gone (crashed, deleted, a hub restarted without it): give back.
+            await self.release_server()
+        return status
 
     async def progress(self) -> Any:
         for event in getattr(self, "_mlp_progress", []):
@@ -151,13 +152,12 @@ class QuotaKubeSpawner(ReservationMixin, KubeSpawner):
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = super().get_state()
-        if self.reservation_id:
-            state["mlp_reservation"] = self.reservation_id
+        state.update(self.reservation_state())
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
-        self.reservation_id = state.get("mlp_reservation")
+        self.load_reservation_state(state)
 
     # ------------------------------------------------------------------ second fences
     async def _check_pvc_owner(self) -> None:
@@ -258,7 +258,8 @@ async def offered_profiles(spawner: QuotaKubeSpawner) -> list[dict[str, Any]]:
         raise ReservationRefused(
             f"no server size fits {spawner.user.name}'s quota (sizes: "
             + ", ".join(s["slug"] for s in spawner.sizes)
-            + "); ask an admin to raise your cap"
+            + "); ask an admin to raise your cap",
+            400,
         )
     return profiles
 

@@ -7,23 +7,22 @@ which is also where their jobs run, so files and the JupyterLab workspace surviv
 Started as an ordinary user (personal mode), the server runs as that user.
 
 Before a server starts, its size (a profile of `profile_list`) is reserved through the mlp
-service (`POST /reservations`), in the same ledger as jobs; the reservation is given back when
-the server stops or is culled, and the service reclaims reservations of servers that no longer
-exist. The cgroup's memory limit and CPU quota are the reservation.
+service (`POST /reservations`, `mlp_spawner.reservations`, shared with the Kubernetes spawner),
+in the same ledger as jobs; the reservation is given back when the server stops or is culled,
+and the service reclaims reservations of servers that no longer exist. The cgroup's memory limit
+and CPU quota are the reservation; when the ledger allocates GPU devices to it, the server sees
+those alone (`CUDA_VISIBLE_DEVICES`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 from typing import Any
-from urllib.parse import quote
 
 from jupyterhub.spawner import LocalProcessSpawner
 from tornado import web
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Dict, Instance, Integer, List, Unicode, default
 
 from mlp.core.paths import user_home
@@ -34,9 +33,10 @@ from mlp.isolation.names import server_cgroup_name
 from mlp.isolation.process import make_preexec
 from mlp.scheduling.resources import parse_cpu, parse_memory
 from mlp_spawner.profiles import check_profiles, headroom_note, render_form
+from mlp_spawner.reservations import MLPUnavailable, ReservationMixin, ReservationRefused
 
 
-class LocalMLPSpawner(LocalProcessSpawner):
+class LocalMLPSpawner(ReservationMixin, LocalProcessSpawner):
     data_dir = Unicode(
         config=True,
         help="""The platform's data directory; each user's server starts in
@@ -48,16 +48,6 @@ class LocalMLPSpawner(LocalProcessSpawner):
     def _default_data_dir(self) -> str:
         return os.environ.get("MLP_DATA_DIR", os.path.expanduser("~/.local/share/mlp"))
 
-    mlp_api_url = Unicode(
-        config=True,
-        help="""Base URL of the mlp service's REST API as the hub reaches it, e.g.
-        http://127.0.0.1:10101/services/mlp/api/v1 . Reservations are made there.""",
-    )
-    mlp_api_token = Unicode(
-        config=True,
-        help="""A token of the hub-side service allowed to reserve for users (scope
-        custom:mlp:admin on the mlp service). hub_config generates one, mode 0600.""",
-    )
     profile_list = List(
         Dict(),
         config=True,
@@ -90,9 +80,9 @@ class LocalMLPSpawner(LocalProcessSpawner):
         help="""Seconds after which an idle kernel is shut down inside a running server
         (jupyter_server's MappingKernelManager.cull_idle_timeout); 0 keeps kernels.""",
     )
-    reservation_timeout = Integer(
-        30, config=True, help="Seconds to wait for the mlp service when reserving or releasing."
-    )
+    @default("mlp_api_retries")
+    def _default_retries(self) -> int:
+        return 2  # the hub-managed service is local: fail the spawn page fast when it is down
 
     isolation = Instance(MLPIsolation)
 
@@ -103,11 +93,11 @@ class LocalMLPSpawner(LocalProcessSpawner):
             iso.data_dir = self.data_dir
         return iso
 
-    reservation = Unicode("", help="The ledger holder id of this server's reservation.")
     cgroup_name = Unicode("", help="The cgroup this server runs in.")
 
     _account: Account | None = None
     _cgroup: Cgroup | None = None
+    _devices: list[str] | None = None
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -148,6 +138,9 @@ class LocalMLPSpawner(LocalProcessSpawner):
         env["SHELL"] = "/bin/bash"
         env["USER"] = self._account.name if self._account else env.get("USER", self.user.name)
         env["MLP_DATA_DIR"] = self.data_dir
+        if self._devices is not None:
+            # The GPUs the ledger allocated to this server, and only those ("" for none).
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self._devices)
         return env
 
     async def move_certs(self, paths: dict[str, str]) -> dict[str, str]:
@@ -176,95 +169,19 @@ class LocalMLPSpawner(LocalProcessSpawner):
 
     def _chosen_profile(self) -> dict[str, Any]:
         profiles = check_profiles(self.profile_list)
-        options = dict(self.user_options or {})
-        extra = set(options) - {"profile"}
-        if extra:
-            raise web.HTTPError(
-                400, f"server options {sorted(extra)} are not offered; choose a profile "
-                f"({', '.join(p['slug'] for p in profiles)})"
-            )
-        slug = options.get("profile") or next(
-            (p["slug"] for p in profiles if p.get("default")), profiles[0]["slug"]
-        )
-        for p in profiles:
-            if p["slug"] == slug:
-                return p
-        raise web.HTTPError(
-            400, f"profile {slug!r} is not offered; choose one of "
-            f"{', '.join(p['slug'] for p in profiles)}"
-        )
+        slug = self.check_options(dict(self.user_options or {}), [p["slug"] for p in profiles])
+        if slug is None:
+            slug = next((p["slug"] for p in profiles if p.get("default")), profiles[0]["slug"])
+        return next(p for p in profiles if p["slug"] == slug)
 
     # ------------------------------------------------------------------ the mlp service
-    async def _api(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
-        if not self.mlp_api_url:
-            raise web.HTTPError(500, "LocalMLPSpawner.mlp_api_url is not set; see hub_config")
-        req = HTTPRequest(
-            self.mlp_api_url.rstrip("/") + path,
-            method=method,
-            headers={"Authorization": f"token {self.mlp_api_token}",
-                     "Content-Type": "application/json"},
-            body=None if body is None else json.dumps(body),
-            request_timeout=self.reservation_timeout,
-            connect_timeout=self.reservation_timeout,
-        )
-        try:
-            resp = await AsyncHTTPClient().fetch(req)
-        except HTTPClientError as e:
-            if e.response is None or e.code == 599:
-                raise ServiceDown(str(e)) from None
-            try:
-                payload = json.loads(e.response.body or b"{}")
-            except ValueError:
-                payload = {}
-            raise ServiceRefused(e.code, payload.get("message") or str(e), payload) from None
-        except OSError as e:
-            raise ServiceDown(str(e)) from None
-        return json.loads(resp.body or b"{}")
-
     async def _headroom(self) -> dict[str, float] | None:
         try:
-            q = await self._api("GET", f"/quota?user={quote(self.user.name)}")
-        except (ServiceDown, ServiceRefused) as e:
+            q = await self.quota_of(self.user.name)
+        except (MLPUnavailable, ReservationRefused) as e:
             self.log.warning("quota of %s unavailable for the spawn form: %s", self.user.name, e)
             return None
-        return headroom_note(q)
-
-    @property
-    def _reservation_path(self) -> str:
-        return f"/reservations/{quote(self.user.name, safe='')}/{quote(self.name, safe='')}"
-
-    async def _reserve(self, resources: dict[str, Any]) -> None:
-        body = {"user": self.user.name, "server": self.name, "resources": resources}
-        for attempt in (1, 2):
-            try:
-                held = await self._api("POST", "/reservations", body)
-            except ServiceDown as e:
-                raise web.HTTPError(
-                    503,
-                    f"the mlp service is not reachable ({e}); nothing was reserved and no server "
-                    "was started. Try again in a minute; an admin finds the cause in the hub log",
-                ) from None
-            except ServiceRefused as e:
-                if e.payload.get("error") == "conflict" and attempt == 1:
-                    # Left over by a hub that died mid-spawn: this server is not running.
-                    await self._release(quiet=True)
-                    continue
-                raise web.HTTPError(e.code if e.code < 500 else 503, e.message) from None
-            self.reservation = f"server:{held['user']}/{held['id'].partition('/')[2]}"
-            return
-
-    async def _release(self, quiet: bool = False) -> None:
-        try:
-            await self._api("DELETE", self._reservation_path)
-        except ServiceRefused as e:
-            if e.code != 404 and not quiet:
-                self.log.warning("releasing %s's reservation: %s", self.user.name, e.message)
-        except ServiceDown as e:
-            self.log.warning(
-                "mlp service down while releasing %s's reservation (%s); it reclaims it itself",
-                self.user.name, e,
-            )
-        self.reservation = ""
+        return headroom_note(q, self.quota_pool)
 
     # ------------------------------------------------------------------ lifecycle
     def _event(self, progress: int, message: str) -> None:
@@ -287,8 +204,10 @@ class LocalMLPSpawner(LocalProcessSpawner):
         profile = self._chosen_profile()
         resources = dict(profile["resources"])
         self._event(10, f"Reserving {profile['display_name']} in your quota")
-        await self._reserve(resources)
+        await self.reserve_server(resources)
+        self._event(20, self.reserved_message(resources))
         try:
+            self._devices = self.reserved_devices()
             if self.isolation.multi_user:
                 self._event(30, "Preparing your account and home folder")
                 try:
@@ -303,8 +222,41 @@ class LocalMLPSpawner(LocalProcessSpawner):
         except BaseException:
             await self._cleanup()
             raise
-        self._event(100, "Server started; waiting for it to answer")
+        await self._until_answering(*result)
         return result
+
+    async def _until_answering(self, ip: str, port: int) -> None:
+        """Return once the new server answers HTTP (or its process ended, or `http_timeout`
+        passed: the hub then reports that as it always does). The hub's own check backs off
+        up to 5 s between tries, so a server that answers after 3 s is typically seen ready
+        seconds later; asking every 50 ms here hands it over as soon as it answers."""
+        from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+        base = self.server.base_url if self.server is not None else "/"
+        url = f"http://{ip or '127.0.0.1'}:{port}{base.rstrip('/')}/api"
+        client = AsyncHTTPClient()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        told = 0
+        self._event(60, "Server process started; waiting for it to answer")
+        while loop.time() - started < self.http_timeout:
+            if self.proc is None or self.proc.poll() is not None:
+                return
+            try:
+                await client.fetch(url, request_timeout=2, follow_redirects=False)
+            except HTTPClientError as e:
+                if e.code < 500 and e.code != 599:  # any non-5xx answer: it is up
+                    break
+            except OSError:
+                pass  # not listening yet
+            else:
+                break
+            waited = int(loop.time() - started)
+            if waited >= told + 2:
+                told = waited
+                self._event(60 + min(35, waited), f"Waiting for your server to answer ({waited} s)")
+            await asyncio.sleep(0.05)
+        self._event(100, f"Server answering after {loop.time() - started:.1f} s")
 
     def _make_cgroup(self, resources: dict[str, Any]) -> Cgroup | None:
         driver = self.isolation.cgroups
@@ -331,8 +283,9 @@ class LocalMLPSpawner(LocalProcessSpawner):
                 self.log.warning("%s", e)
         self.cgroup_name = ""
         self._cgroup = None
-        if self.reservation:
-            await self._release()
+        self._devices = None
+        if self.reservation_id:
+            await self.release_server()
 
     async def stop(self, now: bool = False) -> None:
         await super().stop(now=now)
@@ -340,35 +293,25 @@ class LocalMLPSpawner(LocalProcessSpawner):
 
     async def poll(self) -> int | None:
         status: int | None = await super().poll()
-        if status is not None and (self.reservation or self.cgroup_name):
+        if status is not None and (self.reservation_id or self.cgroup_name):
             await self._cleanup()
         return status
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = super().get_state()
-        if self.reservation:
-            state["reservation"] = self.reservation
+        state.update(self.reservation_state())
         if self.cgroup_name:
             state["cgroup"] = self.cgroup_name
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
-        self.reservation = state.get("reservation", "")
+        self.load_reservation_state(state)
+        if not self.reservation_id and state.get("reservation"):
+            # written by earlier versions: "server:<user>/<server>"
+            self.reservation_id = str(state["reservation"]).removeprefix("server:")
         self.cgroup_name = state.get("cgroup", "")
 
     def clear_state(self) -> None:
         super().clear_state()
         # reservation and cgroup are cleared by _cleanup once they are given back
-
-
-class ServiceDown(Exception):
-    pass
-
-
-class ServiceRefused(Exception):
-    def __init__(self, code: int, message: str, payload: dict[str, Any]):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.payload = payload

@@ -1,7 +1,8 @@
-"""QuotaKubeSpawner against the real API server and a real mlp service (behind a real hub):
-reserve before creating anything, guarantee = limit, release on stop, refusals with numbers,
-sizes offered by quota, a home PVC kept across stops, safe names, second fences, and an mlp
-service that is down or slow."""
+"""QuotaKubeSpawner against the real API server and a real mlp service (behind a real hub): what
+is its own (guarantee = limit, sizes offered by quota, a home PVC kept across stops, safe names,
+second fences, a slow mlp service retried). The reservation behaviour it shares with the
+embedded spawner (reserve before creating, release, refusals with numbers, the mlp service
+down, reclaim) is tests/spawners/test_reservation_behaviour.py."""
 
 from __future__ import annotations
 
@@ -46,34 +47,15 @@ async def test_reserve_start_stop_release_and_keep_the_home(make_spawner, ledger
     await sp2.stop()
 
 
-async def test_over_quota_is_refused_with_numbers_and_creates_nothing(make_spawner, ledger, k8s,
-                                                                      namespace, kube_client):
-    pv(k8s, "lee")
-    first = make_spawner("lee", **HOME)
-    first.user_options = {"profile": "medium"}  # 2 CPU: the whole personal cap
-    await first.start()
-    assert reservations(ledger)["lee/"]["amount"]["cpu"] == 2, reservations(ledger)
-    second = make_spawner("lee", "second", **HOME)
-    second.user_options = {"profile": "small"}
-    with pytest.raises(ReservationRefused) as e:
-        await second.start()
-    msg = str(e.value)
-    assert msg.startswith("Over quota: 1 CPU, 2Gi memory requested for this server, but")
-    assert "cpu" in msg and "2" in msg, msg
-    assert "lee/second" not in reservations(ledger)
-    names = [p.metadata.name for p in
-             (await kube_client.list_namespaced_pod(namespace)).items]
-    assert second.pod_name not in names
-    await first.stop()
-
-
 async def test_only_sizes_within_the_cap_are_offered(make_spawner):
     sp = make_spawner("mo")
     profiles = await sp.profile_list(sp)
     assert [p["slug"] for p in profiles] == ["small", "medium"]  # cap: 2 cpu, 8Gi
     sp.user_options = {"profile": "large"}
-    with pytest.raises(ValueError):
+    with pytest.raises(ReservationRefused, match="'large' is not offered; choose one of small, "
+                       "medium") as e:
         await sp.load_user_options()
+    assert e.value.status_code == 400
 
 
 async def test_gpu_size_reserves_and_requests_a_gpu(make_spawner, ledger, k8s, namespace,
@@ -124,21 +106,6 @@ async def test_a_home_claim_owned_by_someone_else_is_refused(make_spawner, ledge
     with pytest.raises(ReservationRefused, match="belongs to mallory, not ola"):
         await sp.start()
     assert "ola/" not in reservations(ledger)
-    with pytest.raises(kclient.ApiException):
-        await kube_client.read_namespaced_pod(sp.pod_name, namespace)
-
-
-async def test_mlp_service_down_refuses_clearly_and_creates_nothing(make_spawner, namespace,
-                                                                    kube_client):
-    from mlp.devcluster import free_port
-
-    sp = make_spawner("pat", mlp_api_url=f"http://127.0.0.1:{free_port()}/services/mlp/api/v1",
-                      mlp_api_retries=2, mlp_api_backoff=0.1)
-    sp.profile_list = [{"slug": "small", "display_name": "small", "kubespawner_override": {
-        "cpu_limit": 1, "mem_limit": "2G"}}]
-    sp.user_options = {"profile": "small"}
-    with pytest.raises(ReservationRefused, match="did not answer POST /reservations after 3 tries"):
-        await sp.start()
     with pytest.raises(kclient.ApiException):
         await kube_client.read_namespaced_pod(sp.pod_name, namespace)
 

@@ -230,7 +230,6 @@ async def test_each_gpu_task_sees_only_its_own_devices(manager_factory):
     big = {"cpu": 8, "memory": "8Gi", "gpu": 3}
     m = manager_factory(quota={"pools": {"default": {"capacity": big}},
                                "default_group_quota": {"limits": {"default": big}}})
-    m.backend.gpu_devices = ["0", "1", "2"]
     code = "import os, time; print(os.environ['CUDA_VISIBLE_DEVICES']); time.sleep(2)"
     jobs = [m.submit("alice", {"name": f"g{i}", "source": {"inline": code},
                                "tasks": {"worker": {"gpu": 1, "cpu": 0.1, "memory": "64Mi"}}})
@@ -241,4 +240,4 @@ async def test_each_gpu_task_sees_only_its_own_devices(manager_factory):
     seen = [Path(j.backend_state["tasks"][0]["log"]).read_text().strip() for j in done]
     assert all(j.state == "Succeeded" for j in done), [j.reason for j in done]
     assert sorted(seen[:2]) == ["0", "1"] and seen[2] == "", seen
-    assert m.backend._gpu_holders == {}
+    assert m.quota.ledger.free_devices("default") == ["0", "1", "2"]

@@ -2,9 +2,13 @@
 
 Operations: reserve jobs and servers, release, grant and revoke expansions, advance time
 (jobs past their max runtime are stopped, as the service does, then `advance` repairs),
-reclaim lent quota, change a group's limits, and run a scheduling pass. After every step the
-ledger must report no violation and its aggregates must equal a recount from its holders.
+reclaim lent quota, change a group's limits, run a scheduling pass, and restart (rebuild the
+ledger from its holders, as the service does from its store). After every step the ledger must
+report no violation, its aggregates must equal a recount from its holders, and no GPU device
+may be held twice while the held devices are exactly the gpus reserved.
 """
+
+import random
 
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
@@ -210,6 +214,37 @@ class LedgerMachine(RuleBasedStateMachine):
             assert demand_id not in self.scheduler
         for demand_id in preempted:
             assert demand_id not in self.ledger
+
+    @rule(seed=st.randoms(use_true_random=False))
+    def restart(self, seed: random.Random) -> None:
+        held = list(self.ledger.holders())
+        before = {h.id: h.devices for h in held}
+        seed.shuffle(held)  # the store returns rows in any order
+        self.ledger = Ledger.from_holders(
+            self.ledger.pools.values(),
+            self.ledger.groups.values(),
+            self.ledger.expansions.values(),
+            held,
+            now=self.now,
+        )
+        assert self.ledger.advance(self.now) == []
+        assert {h.id: h.devices for h in self.ledger.holders()} == before
+        pending = self.scheduler.pending()
+        self.scheduler = QueueScheduler(self.ledger)
+        for demand in pending:
+            self.scheduler.submit(demand)
+
+    @invariant()
+    def devices_held_once(self) -> None:
+        for pool, declared in ((p.name, p.device_ids) for p in self.ledger.pools.values()):
+            held = [d for h in self.ledger.holders() if h.pool == pool for d in h.devices]
+            assert len(held) == len(set(held)), f"a device of {pool} is held twice: {held}"
+            assert set(held) <= set(declared)
+            assert len(held) == self.ledger.pool_usage(pool).gpu
+            assert sorted(held) == sorted(self.ledger.device_owners(pool))
+            assert sorted(self.ledger.free_devices(pool) + held) == sorted(declared)
+        for h in self.ledger.holders():
+            assert len(h.devices) == h.amount.gpu, h
 
     @invariant()
     def limits_hold(self) -> None:
