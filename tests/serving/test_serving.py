@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Served, ctr_instances, registry_path, saved_model_outputs
+from servekit import Served, ctr_instances, registry_path, saved_model_outputs
 
 
 # --------------------------------------------------------------------------- registry
