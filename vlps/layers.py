@@ -74,8 +74,8 @@ def _xla_gather(columns: tuple[int, ...]) -> Any:
     """The training gather of one layer's column groups and its gradient, XLA-compiled.
 
     Forward: the rows of each column group at `idx` (split on the unique rows, then one
-    tf.gather per group). Backward: the per-row sum of the incoming gradients, all groups in
-    one compiled loop (TF's `unsorted_segment_sum`, which
+    tf.gather per group). Backward: the per-row sum of the incoming gradients, one compiled
+    function for all groups (TF's `unsorted_segment_sum`, which
     densifying tf.gather's IndexedSlices gradient runs, was the largest sparse cost of the
     profile in docs/vlps.md; the compiled loop is several times faster on CPU and sums in
     the same order). Its output has one row per occurrence (never fewer than the unique
@@ -86,16 +86,17 @@ def _xla_gather(columns: tuple[int, ...]) -> Any:
         return fn
 
     @tf.function(jit_compile=True)
-    def backward(dys: list[tf.Tensor], idx: tf.Tensor) -> tf.Tensor:
-        dy = tf.concat(dys, 1) if len(dys) > 1 else dys[0]
-        return tf.math.unsorted_segment_sum(dy, idx, tf.shape(dy)[0])
+    def backward(dys: list[tf.Tensor], idx: tf.Tensor) -> list[tf.Tensor]:
+        # One sum per group: a concat before the scatter made XLA's loop 2.5x slower.
+        return [tf.math.unsorted_segment_sum(dy, idx, tf.shape(dy)[0]) for dy in dys]
 
     @tf.custom_gradient
     def gather(rows: tf.Tensor, idx: tf.Tensor) -> Any:
         n = tf.shape(rows)[0]
 
         def grad(*dys: tf.Tensor) -> tuple[tf.Tensor, None]:
-            return backward(list(dys), idx)[:n], None
+            sums = [g[:n] for g in backward(list(dys), idx)]
+            return (tf.concat(sums, 1) if len(sums) > 1 else sums[0]), None
 
         parts = tf.split(rows, list(columns), axis=1) if len(columns) > 1 else [rows]
         return [tf.gather(p, idx) for p in parts], grad

@@ -159,12 +159,7 @@ class _Shard:
             special = has_reserved(ids)
 
         def fast() -> tf.Tensor:
-            # Two lookups of the halves: DenseHashTable's find takes a shared lock, so the
-            # executor can run them on two threads at once (the lookup is a serial loop of
-            # cache misses on the critical path of the step, before the forward pass).
-            n = tf.shape(ids)[0]
-            half = n // 2
-            return tf.concat([self.main.lookup(ids[:half]), self.main.lookup(ids[half:])], 0)
+            return self.main.lookup(ids)
 
         def slow() -> tf.Tensor:
             is_s = ids <= DELETED_KEY
