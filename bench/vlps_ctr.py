@@ -445,9 +445,9 @@ def main() -> None:
               f"{ratios.get(c.key, float('nan')):.2f} | {rss:,.0f} | {auc} |")
     byk = {c.key: c for c in cases if isinstance(c, Case)}
     if "vlps" in byk and byk["vlps"].result:
-        print(f"vlps rows (deep table): {byk['vlps'].result['rows']:,}; table bytes = buckets x "
-              "(8 B key + row of embedding, Adagrad slot and a 4 B step); Keras bytes = bins x "
-              f"(dim + 1) x {BYTES_PER_BIN_DIM} B (value + accumulator)")
+        print(f"vlps rows: {byk['vlps'].result['rows']:,}; table bytes = buckets x (8 B key + "
+              "row of embedding and wide weight, their Adagrad slots and a 4 B step); Keras "
+              f"bytes = bins x (dim + 1) x {BYTES_PER_BIN_DIM} B (value + accumulator)")
     if "cluster" in byk and byk["cluster"].result.get("server_rss_mib"):
         per = ", ".join(f"{m:,.0f}" for m in byk["cluster"].result["server_rss_mib"])
         print(f"cluster peak RSS MiB: chief {byk['cluster'].result['peak_rss_mib']:,.0f}; "

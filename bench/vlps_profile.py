@@ -1,13 +1,16 @@
 """Where the sparse part of a vlps training step spends its time, stage by stage.
 
-The README's CTR model (Wide&Deep: a deep table of dim `--dim` and a wide table of dim 1 over
-the same 26 id fields, Adagrad) does per step and per table: `tf.unique` of the batch's ids,
-partition by shard (none with one shard), hash-table lookup of the unique ids (pull), gather
-back to the batch, the gradient's segment-sum per unique id, the optimizer on the rows and the
-hash-table insert (push). Each stage is timed by ablation: one `tf.function` per prefix of the
-pipeline (unique; unique+lookup; ... ; the whole sparse step), run on the same batches in
-alternated rounds; a stage's cost is the difference of consecutive medians. The dense part
-(the MLP forward+backward+update, on a fixed embedding tensor) is timed in the same rounds.
+The README's CTR model (Wide&Deep: a deep embedding of dim `--dim` and a wide weight of dim 1
+per id over the same 26 id fields, Adagrad; by default both in one table row, `--layout two`
+for two tables) does per step and per table: `tf.unique` of the batch's ids, partition by
+shard (none with one shard), hash-table lookup of the unique ids with the initial rows of new
+ids filled in (pull), gather back to the batch, the gradient's sum per unique id, the
+optimizer on the rows and the hash-table insert (push). Gather and gradient sum are the ones
+the DynamicEmbedding layer runs in training (`vlps.layers._xla_gather`). Each stage is timed
+by ablation: one `tf.function` per prefix of the pipeline (unique; unique+lookup; ... ; the
+whole sparse step), run on the same batches in alternated rounds; a stage's cost is the
+difference of consecutive medians. The dense part (the MLP forward+backward+update, on a fixed
+embedding tensor) is timed in the same rounds.
 
   .venv/bin/python bench/vlps_profile.py [--batch 4096] [--dim 16] [--rounds 7]
 """
@@ -34,6 +37,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="batches per timed pass")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--shards", type=int, default=1)
+    ap.add_argument("--layout", choices=("fused", "two"), default="fused",
+                    help="deep+wide in one table row (the model's default) or two tables")
     args = ap.parse_args()
 
     import keras
@@ -41,13 +46,22 @@ def main() -> None:
 
     import vlps
     from vlps.data import synthetic_ctr
+    from vlps.initializers import Columns
+    from vlps.layers import _xla_gather
     from vlps.models import _head
 
     batches = list(synthetic_ctr(args.batch, seed=7).take(args.steps * (args.rounds + 1)))
-    tables = [vlps.EmbeddingTable("deep", args.dim, optimizer=vlps.Adagrad(0.05),
-                                  num_shards=args.shards),
-              vlps.EmbeddingTable("wide", 1, optimizer=vlps.Adagrad(0.05),
-                                  initializer="zeros", num_shards=args.shards)]
+    if args.layout == "fused":
+        tables = [vlps.EmbeddingTable(
+            "emb", args.dim + 1, optimizer=vlps.Adagrad(0.05), num_shards=args.shards,
+            initializer=Columns([(args.dim, "uniform"), (1, "zeros")]))]
+        groups = [(args.dim, 1)]
+    else:
+        tables = [vlps.EmbeddingTable("deep", args.dim, optimizer=vlps.Adagrad(0.05),
+                                      num_shards=args.shards),
+                  vlps.EmbeddingTable("wide", 1, optimizer=vlps.Adagrad(0.05),
+                                      initializer="zeros", num_shards=args.shards)]
+        groups = [(args.dim,), (1,)]
     step = tf.Variable(0, dtype=tf.int64)
 
     def sparse(depth: int):
@@ -56,9 +70,9 @@ def main() -> None:
             s = step.assign_add(1)
             out = tf.constant(0.0)
             flat = tf.reshape(cat, [-1])
-            for t in tables:
-                unique, idx = tf.unique(flat)
-                out += tf.cast(tf.size(unique), tf.float32)
+            unique, idx = tf.unique(flat)  # one unique for every table (as the layers share it)
+            out += tf.cast(tf.size(unique), tf.float32)
+            for t, columns in zip(tables, groups, strict=True):
                 if depth < 2:
                     continue
                 emb_u = t.pull(unique)
@@ -67,12 +81,12 @@ def main() -> None:
                     continue
                 with tf.GradientTape() as tape:
                     tape.watch(emb_u)
-                    emb = tf.gather(emb_u, idx)
-                    y = tf.reduce_sum(emb * 1e-3)
+                    embs = _xla_gather(columns)(emb_u, idx)
+                    y = tf.add_n([tf.reduce_sum(e * 1e-3) for e in embs])
                 if depth < 4:
                     out += y
                     continue
-                grad = tf.convert_to_tensor(tape.gradient(y, emb_u))  # segment-sum per id
+                grad = tape.gradient(y, emb_u)  # the sum per unique id
                 if depth < 5:
                     out += tf.reduce_sum(grad)
                     continue
@@ -116,10 +130,12 @@ def main() -> None:
         for name in order:
             times[name].append(run(name, chunk))
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    print(f"sparse step of the CTR model (deep dim {args.dim} + wide dim 1, Adagrad, "
-          f"{args.shards} shard(s)), batch {args.batch} x 26 fields, ms per step, medians of "
-          f"{args.rounds} alternated rounds of {args.steps} batches; tables grow as in training")
-    print("| stage (both tables) | ms/step | share of sparse |")
+    layout = "one table row" if args.layout == "fused" else "two tables"
+    print(f"sparse step of the CTR model (deep dim {args.dim} + wide dim 1 in {layout}, "
+          f"Adagrad, {args.shards} shard(s)), batch {args.batch} x 26 fields, ms per step, "
+          f"medians of {args.rounds} alternated rounds of {args.steps} batches; tables grow as "
+          "in training")
+    print("| stage (all tables) | ms/step | share of sparse |")
     print("| --- | ---: | ---: |")
     prev = 0.0
     total = med["sparse:5"]
@@ -130,7 +146,7 @@ def main() -> None:
     print(f"| **sparse total** | **{total:.1f}** | 100% |")
     print(f"| dense part (MLP fwd+bwd+update on a fixed embedding) | {med['dense']:.1f} | "
           f"sparse/dense = {total / med['dense']:.2f} |")
-    print(f"rows: deep {tables[0].size():,}, wide {tables[1].size():,}")
+    print("rows: " + ", ".join(f"{t.name} {t.size():,}" for t in tables))
 
 
 if __name__ == "__main__":

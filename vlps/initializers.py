@@ -72,6 +72,27 @@ class TruncatedNormal(Initializer):
         return self.mean + self.stddev * tf.math.ndtri(u)
 
 
+class Columns(Initializer):
+    """Consecutive column groups with an initializer each, e.g. a row that stores a deep
+    embedding and a wide weight of the same id: `Columns([(16, "uniform"), (1, "zeros")])`.
+    The group widths must add up to the table's dim."""
+
+    def __init__(self, groups: list[tuple[int, Any]]) -> None:
+        if not groups or any(int(w) <= 0 for w, _ in groups):
+            raise ValueError(f"Columns needs (width > 0, initializer) groups, got {groups!r}")
+        self.groups = [(int(w), get(init)) for w, init in groups]
+
+    def __call__(self, ids: tf.Tensor, dim: int) -> tf.Tensor:
+        total = sum(w for w, _ in self.groups)
+        if total != dim:
+            raise ValueError(f"Columns initializer covers {total} columns, the table has {dim}")
+        return tf.concat([init(ids, w) for w, init in self.groups], 1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"class": "Columns",
+                "groups": [[w, init.get_config()] for w, init in self.groups]}
+
+
 _BY_NAME: dict[str, type[Initializer]] = {
     "zeros": Zeros,
     "constant": Constant,

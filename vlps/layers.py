@@ -70,6 +70,44 @@ def _remember_unique(inputs: Any, key_dtype: str, value: tuple[tf.Tensor, tf.Ten
     _uniques.setdefault(graph, {})[(inputs.ref(), key_dtype)] = value
 
 
+def _xla_gather(columns: tuple[int, ...]) -> Any:
+    """The training gather of one layer's column groups and its gradient, XLA-compiled.
+
+    Forward: the rows of each column group at `idx` (split on the unique rows, then one
+    tf.gather per group). Backward: the per-row sum of the incoming gradients, one compiled
+    function for all groups (TF's `unsorted_segment_sum`, which
+    densifying tf.gather's IndexedSlices gradient runs, was the largest sparse cost of the
+    profile in docs/vlps.md; the compiled loop is several times faster on CPU and sums in
+    the same order). Its output has one row per occurrence (never fewer than the unique
+    rows; the caller keeps the first ones), so XLA compiles once per batch shape, not once
+    per number of unique ids."""
+    fn = _XLA_GATHERS.get(columns)
+    if fn is not None:
+        return fn
+
+    @tf.function(jit_compile=True)
+    def backward(dys: list[tf.Tensor], idx: tf.Tensor) -> list[tf.Tensor]:
+        # One sum per group: a concat before the scatter made XLA's loop 2.5x slower.
+        return [tf.math.unsorted_segment_sum(dy, idx, tf.shape(dy)[0]) for dy in dys]
+
+    @tf.custom_gradient
+    def gather(rows: tf.Tensor, idx: tf.Tensor) -> Any:
+        n = tf.shape(rows)[0]
+
+        def grad(*dys: tf.Tensor) -> tuple[tf.Tensor, None]:
+            sums = [g[:n] for g in backward(list(dys), idx)]
+            return (tf.concat(sums, 1) if len(sums) > 1 else sums[0]), None
+
+        parts = tf.split(rows, list(columns), axis=1) if len(columns) > 1 else [rows]
+        return [tf.gather(p, idx) for p in parts], grad
+
+    _XLA_GATHERS[columns] = gather
+    return gather
+
+
+_XLA_GATHERS: dict[tuple[int, ...], Any] = {}
+
+
 def _serving_tables() -> dict[str, Any]:
     return getattr(_local, "serving", None) or {}
 
@@ -120,6 +158,11 @@ class DynamicEmbedding(keras.layers.Layer):
     "sum"/"mean" — a multi-valued field as `tf.RaggedTensor` [batch, None], `tf.SparseTensor`
     [batch, n] or a dense [batch, n] tensor, reduced to [batch, dim].
 
+    `columns` (widths adding up to `dim`) splits each row into column groups and returns one
+    output per group, e.g. `columns=(16, 1)` for the deep embedding and the wide weight of a
+    Wide&Deep model kept in one row: one hash lookup and one insert per id for both, and the
+    split happens on the unique rows, before the gather.
+
     Training must go through `vlps.Trainer`, `vlps.train_step` or `vlps.Model.fit`, which push
     the sparse gradients; a plain Keras optimizer never sees the table.
     """
@@ -128,7 +171,8 @@ class DynamicEmbedding(keras.layers.Layer):
         self, dim: int, *, combiner: str | None = None, key_dtype: str = "int64",
         optimizer: Any = None, initializer: Any = None, admission: Admission | None = None,
         eviction: Eviction | None = None, num_shards: int | None = None,
-        initial_rows_per_shard: int | None = None, table_name: str | None = None, **kwargs: Any,
+        initial_rows_per_shard: int | None = None, table_name: str | None = None,
+        columns: tuple[int, ...] | list[int] | None = None, **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if combiner not in (None, "sum", "mean"):
@@ -137,6 +181,12 @@ class DynamicEmbedding(keras.layers.Layer):
         if key_dtype not in ("int64", "string"):
             raise ValueError(f"DynamicEmbedding '{self.name}': key_dtype must be 'int64' or "
                              f"'string', got {key_dtype!r}")
+        if columns is not None:
+            columns = tuple(int(c) for c in columns)
+            if not columns or min(columns) <= 0 or sum(columns) != dim:
+                raise ValueError(f"DynamicEmbedding '{self.name}': columns must be widths > 0 "
+                                 f"adding up to dim {dim}, got {columns!r}")
+        self.columns = columns
         self.dim = dim
         self.combiner = combiner
         self.key_dtype = key_dtype
@@ -219,11 +269,29 @@ class DynamicEmbedding(keras.layers.Layer):
             emb_u = self.table.pull(unique, training=training)
         if training:
             _record(self.table, unique, emb_u)
+        columns = self.columns or (self.dim,)
+        if training and segments is None:
+            flat = _xla_gather(columns)(emb_u, idx)
+            shape = tf.shape(inputs)
+            outs = []
+            for w, emb in zip(columns, flat, strict=True):
+                out = tf.reshape(emb, tf.concat([shape, [w]], 0))
+                out.set_shape(inputs.shape.concatenate([w]))
+                outs.append(out)
+            return outs if self.columns is not None else outs[0]
+        # Split the unique rows (not the batch's rows) into the column groups.
+        parts = tf.split(emb_u, list(columns), axis=1) if self.columns is not None else [emb_u]
+        outs = [self._gathered(p, w, idx, inputs, segments, nrows)
+                for p, w in zip(parts, columns, strict=True)]
+        return outs if self.columns is not None else outs[0]
+
+    def _gathered(self, emb_u: tf.Tensor, width: int, idx: tf.Tensor, inputs: Any,
+                  segments: Any, nrows: Any) -> tf.Tensor:
         emb = tf.gather(emb_u, idx)
         if segments is None:
-            shape = tf.concat([tf.shape(inputs), [self.dim]], 0)
+            shape = tf.concat([tf.shape(inputs), [width]], 0)
             out = tf.reshape(emb, shape)
-            out.set_shape(inputs.shape.concatenate([self.dim]))
+            out.set_shape(inputs.shape.concatenate([width]))
             return out
         total = tf.math.unsorted_segment_sum(emb, segments, nrows)
         if self.combiner == "mean":
@@ -235,12 +303,14 @@ class DynamicEmbedding(keras.layers.Layer):
     def compute_output_spec(self, inputs: Any, training: Any = None) -> keras.KerasTensor:
         # Keras would otherwise trace `call` symbolically and touch the tables.
         shape = tuple(inputs.shape)
-        out = (shape[0], self.dim) if self.combiner else (*shape, self.dim)
-        return keras.KerasTensor(out, dtype="float32")
+        specs = [keras.KerasTensor((shape[0], w) if self.combiner else (*shape, w),
+                                   dtype="float32") for w in (self.columns or (self.dim,))]
+        return specs if self.columns is not None else specs[0]
 
     def get_config(self) -> dict[str, Any]:
         cfg = super().get_config()
-        cfg.update(dim=self.dim, combiner=self.combiner, key_dtype=self.key_dtype)
+        cfg.update(dim=self.dim, combiner=self.combiner, key_dtype=self.key_dtype,
+                   columns=list(self.columns) if self.columns else None)
         return cfg
 
 

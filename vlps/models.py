@@ -34,10 +34,16 @@ def wide_deep(
     *, dim: int = 16, num_fields: int = 26, num_dense: int = 13, hidden: Sequence[int] = (256, 128),
     optimizer: Any = "adagrad", learning_rate: float = 0.05, admission: Admission | None = None,
     eviction: Eviction | None = None, seed: int = 0, initial_rows_per_shard: int | None = None,
-    num_shards: int | None = None,
+    num_shards: int | None = None, fused: bool = True,
 ) -> keras.Model:
-    """Wide & Deep with one shared dynamic table for the deep part and one (dim 1) for wide."""
-    from vlps import optimizers
+    """Wide & Deep: a deep embedding (dim `dim`, uniform init) and a wide weight (dim 1, zero
+    init) per id, over the same id fields.
+
+    `fused` (default) keeps both in one table row, [deep | wide], read by one layer with two
+    column groups: one hash lookup and one insert per id and step instead of two (table
+    "emb", dim + 1). The optimizers are element-wise, so training is the same as with two tables
+    (`fused=False`: tables "deep_emb" and "wide_emb")."""
+    from vlps import initializers, optimizers
 
     def opt() -> Any:
         if isinstance(optimizer, optimizers.Optimizer):
@@ -47,14 +53,18 @@ def wide_deep(
         return optimizers.get(optimizer).__class__(learning_rate=learning_rate)
 
     inputs = _inputs(num_fields, num_dense)
-    emb = DynamicEmbedding(dim, name="deep_emb", optimizer=opt(), admission=admission,
-                           eviction=eviction, initial_rows_per_shard=initial_rows_per_shard,
-                           num_shards=num_shards)(
-        inputs["cat"])
-    wide = DynamicEmbedding(1, name="wide_emb", optimizer=opt(), initializer="zeros",
-                            admission=admission, eviction=eviction,
-                            initial_rows_per_shard=initial_rows_per_shard,
-                            num_shards=num_shards)(inputs["cat"])
+    common: dict[str, Any] = dict(admission=admission, eviction=eviction,
+                                  initial_rows_per_shard=initial_rows_per_shard,
+                                  num_shards=num_shards)
+    if fused:
+        emb, wide = DynamicEmbedding(
+            dim + 1, name="emb", optimizer=opt(), columns=(dim, 1),
+            initializer=initializers.Columns([(dim, "uniform"), (1, "zeros")]), **common,
+        )(inputs["cat"])
+    else:
+        emb = DynamicEmbedding(dim, name="deep_emb", optimizer=opt(), **common)(inputs["cat"])
+        wide = DynamicEmbedding(1, name="wide_emb", optimizer=opt(), initializer="zeros",
+                                **common)(inputs["cat"])
     out = _head(emb, wide, inputs["num"], num_fields, dim, hidden, seed)
     return keras.Model(inputs, out, name="vlps_wide_deep")
 

@@ -153,17 +153,20 @@ class _Shard:
                 tf.constant(0, tf.int64), trainable=False, name=f"vlps_{table.name}_{index}_ver")
 
     # -- raw row access (handles the two reserved keys) ---------------------------------------
-    def lookup_rows(self, ids: tf.Tensor) -> tf.Tensor:
-        is_s = ids <= DELETED_KEY
+    def lookup_rows(self, ids: tf.Tensor, special: tf.Tensor | None = None) -> tf.Tensor:
+        """Rows of `ids`; `special` (scalar bool: any id is a reserved key) if known."""
+        if special is None:
+            special = has_reserved(ids)
 
         def fast() -> tf.Tensor:
             return self.main.lookup(ids)
 
         def slow() -> tf.Tensor:
+            is_s = ids <= DELETED_KEY
             rows = self.main.lookup(tf.where(is_s, tf.zeros_like(ids), ids))
             return tf.where(is_s[:, None], self.side.lookup(ids), rows)
 
-        return tf.cond(tf.reduce_any(is_s), slow, fast)
+        return tf.cond(special, slow, fast)
 
     def _main_insert(self, ids: tf.Tensor, rows: tf.Tensor,
                      n_new: tf.Tensor | None = None) -> tf.Tensor:
@@ -215,22 +218,25 @@ class _Shard:
         overgrows = tf.not_equal(grown(entries, n), grown(entries, n_new))
         return tf.cond(self.dirty | overgrows, careful, plain)
 
-    def insert_rows(self, ids: tf.Tensor, rows: tf.Tensor,
-                    n_new: tf.Tensor | None = None) -> None:
-        """Insert whole rows; `n_new` (if known) is how many of `ids` have no row yet."""
+    def insert_rows(self, ids: tf.Tensor, rows: tf.Tensor, n_new: tf.Tensor | None = None,
+                    special: tf.Tensor | None = None) -> None:
+        """Insert whole rows; `n_new` (if known) is how many of `ids` have no row yet,
+        `special` (if known) whether any id is a reserved key."""
         self.version.assign_add(1)
-        is_s = ids <= DELETED_KEY
+        if special is None:
+            special = has_reserved(ids)
 
         def fast() -> tf.Tensor:
             return self._main_insert(ids, rows, n_new)
 
         def slow() -> tf.Tensor:
+            is_s = ids <= DELETED_KEY
             done = self._main_insert(tf.boolean_mask(ids, ~is_s), tf.boolean_mask(rows, ~is_s))
             with tf.control_dependencies([done]):
                 self.side.insert(tf.boolean_mask(ids, is_s), tf.boolean_mask(rows, is_s))
                 return tf.constant(0)
 
-        tf.cond(tf.reduce_any(is_s), slow, fast)
+        tf.cond(special, slow, fast)
 
     def remove_rows(self, ids: tf.Tensor) -> None:
         is_s = ids <= DELETED_KEY
@@ -270,6 +276,20 @@ class _Shard:
                     return live + self.side.size()
             self._size_fn = fn
         return fn()
+
+
+def _size_class(n: tf.Tensor) -> tf.Tensor:
+    """The power of two >= n (at least 256): XLA-compiled functions see padded inputs of
+    these sizes only, so they compile a few times, not once per batch."""
+    bits = tf.math.ceil(tf.math.log(tf.cast(tf.maximum(n, 256), tf.float64)) / math.log(2.0))
+    size = tf.bitwise.left_shift(tf.constant(1, tf.int64), tf.cast(bits, tf.int64))
+    return tf.maximum(n, tf.cast(size, n.dtype))
+
+
+def has_reserved(ids: tf.Tensor) -> tf.Tensor:
+    """Whether any id is one of DenseHashTable's two reserved keys (one reduction; False for
+    no ids)."""
+    return tf.reduce_min(ids) <= DELETED_KEY
 
 
 def last_steps(rows: tf.Tensor) -> tf.Tensor:
@@ -382,34 +402,65 @@ class EmbeddingTable:
             ([ids], [], None) if self.num_shards == 1 else self._partition(ids))
         outs, kept = [], []
         for s, p in zip(self.shards, parts, strict=True):
-            emb, rows, version = self._pull_shard(s, p, training, keep=stash is not None)
+            emb, k = self._pull_shard(s, p, training, keep=stash is not None)
             outs.append(emb)
-            kept.append((rows, version))
+            kept.append(k)
         if stash is not None:
             stash[ids.ref()] = (parts, shard, kept)
         out = outs[0] if self.num_shards == 1 else tf.dynamic_stitch(positions, outs)
         # Hash-table lookups lose the static shape in graphs; Keras layers downstream need it.
         return tf.reshape(out, [-1, self.dim])
 
+    def _new_rows(self, ids: tf.Tensor) -> tf.Tensor:
+        """Whole initial rows of `ids`: initial embedding, initial slots, step 0.
+
+        Computed by one XLA-compiled function (the initializers' hashing is a dozen
+        element-wise passes over [n, dim] that XLA fuses into one): the ids are padded to a
+        power of two so that it compiles once per size class, not once per batch."""
+        n = tf.shape(ids)[0]
+        return self._initial_rows_fn()(tf.pad(ids, [[0, _size_class(n) - n]]))[:n]
+
+    def _initial_rows_fn(self) -> Any:
+        fn = getattr(self, "_initial_rows_xla", None)
+        if fn is None:
+            def rows(ids: tf.Tensor) -> tf.Tensor:
+                n = tf.shape(ids)[0]
+                return tf.concat([self.initializer(ids, self.dim),
+                                  tf.tile(self._slot_init[None, :], [n, 1]),
+                                  tf.zeros([n, 1])], 1)
+            fn = self._initial_rows_xla = tf.function(rows, jit_compile=True)
+        return fn
+
+    def _filled(self, ids: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """`rows` with the rows of missing ids replaced by their initial rows; and how many
+        were missing."""
+        missing = tf.where(last_steps(rows) < 0)
+        n_missing = tf.shape(missing)[0]
+
+        def fill() -> tf.Tensor:
+            return tf.tensor_scatter_nd_update(
+                rows, missing, self._new_rows(tf.gather_nd(ids, missing)))
+
+        return tf.cond(n_missing > 0, fill, lambda: rows), n_missing
+
     def _pull_shard(
         self, shard: _Shard, ids: tf.Tensor, training: bool, keep: bool = False
-    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor | None]:
+    ) -> tuple[tf.Tensor, tuple[Any, ...] | None]:
+        """The shard's embeddings of `ids`, and (when `keep`) what its push may reuse:
+        (rows, number of missing ids or None, shard version, reserved-key flag). In training
+        without admission the kept rows are already filled with the initial rows of missing
+        ids, so the push computes no initial value a second time."""
         with device_scope(shard.device):
+            special = has_reserved(ids)
             # Read the version before the lookup: a push compares it to decide reuse.
             version = shard.version.read_value() if keep else None
             with tf.control_dependencies([version] if version is not None else []):
-                rows = shard.lookup_rows(ids)
-            emb = rows[:, : self.dim]
+                rows = shard.lookup_rows(ids, special)
             if not training or self.admission.active:
                 # Not-yet-admitted and unknown ids embed as the default row's zeros.
-                return emb, rows, version
-            missing = tf.where(last_steps(rows) < 0)
-
-            def fill() -> tf.Tensor:
-                init = self.initializer(tf.gather_nd(ids, missing), self.dim)
-                return tf.tensor_scatter_nd_update(emb, missing, init)
-
-            return tf.cond(tf.size(missing) > 0, fill, lambda: emb), rows, version
+                return rows[:, : self.dim], ((rows, None, version, special) if keep else None)
+            rows, n_missing = self._filled(ids, rows)
+            return rows[:, : self.dim], ((rows, n_missing, version, special) if keep else None)
 
     def push(self, ids: tf.Tensor, grads: tf.Tensor, step: tf.Tensor) -> None:
         """Apply the optimizer on each shard's device to the rows of unique `ids`.
@@ -423,54 +474,49 @@ class EmbeddingTable:
         if entry is not None:
             parts, shard, kept = entry
         elif self.num_shards == 1:
-            parts, shard, kept = [ids], None, [(None, None)]
+            parts, shard, kept = [ids], None, [None]
         else:
             parts, _, shard = self._partition(ids)
-            kept = [(None, None)] * self.num_shards
+            kept = [None] * self.num_shards
         gparts = [grads] if shard is None else tf.dynamic_partition(grads, shard,
                                                                     self.num_shards)
-        for s, p, g, (rows, version) in zip(self.shards, parts, gparts, kept, strict=True):
-            self._push_shard(s, p, g, step, rows, version)
+        for s, p, g, k in zip(self.shards, parts, gparts, kept, strict=True):
+            self._push_shard(s, p, g, step, k)
 
     def _push_shard(
         self, shard: _Shard, ids: tf.Tensor, grads: tf.Tensor, step: tf.Tensor,
-        pulled: tf.Tensor | None = None, version: tf.Tensor | None = None,
+        kept: tuple[Any, ...] | None = None,
     ) -> None:
         d = self.dim
         with device_scope(shard.device):
-            if pulled is not None and version is not None:
-                rows = tf.cond(tf.equal(shard.version.read_value(), version),
-                               lambda: tf.identity(pulled), lambda: shard.lookup_rows(ids))
+            pulled, n_filled, version, special = kept or (None, None, None, None)
+            if special is None:
+                special = has_reserved(ids)
+            if pulled is not None and n_filled is not None and not self.admission.active:
+                # The pull's filled rows, unless the shard changed since the pull.
+                rows, n_missing = tf.cond(
+                    tf.equal(shard.version.read_value(), version),
+                    lambda: (tf.identity(pulled), tf.identity(n_filled)),
+                    lambda: self._filled(ids, shard.lookup_rows(ids, special)))
             else:
-                rows = shard.lookup_rows(ids)
-            exists = last_steps(rows) >= 0
-            if self.admission.active:
-                admitted = self._admit(shard, ids, exists, step)
-                keep = exists | admitted
-                ids, grads, rows, exists = (
-                    tf.boolean_mask(ids, keep), tf.boolean_mask(grads, keep),
-                    tf.boolean_mask(rows, keep), tf.boolean_mask(exists, keep),
-                )
-            missing = tf.where(~exists)
-
-            def fill() -> tf.Tensor:
-                new = tf.gather_nd(ids, missing)
-                init = tf.concat(
-                    [
-                        self.initializer(new, d),
-                        tf.tile(self._slot_init[None, :], [tf.shape(new)[0], 1]),
-                        tf.zeros([tf.shape(new)[0], 1]),
-                    ],
-                    1,
-                )
-                return tf.tensor_scatter_nd_update(rows, missing, init)
-
-            n_missing = tf.shape(missing)[0]
-            rows = tf.cond(n_missing > 0, fill, lambda: rows)
+                if pulled is not None and version is not None:
+                    rows = tf.cond(tf.equal(shard.version.read_value(), version),
+                                   lambda: tf.identity(pulled),
+                                   lambda: shard.lookup_rows(ids, special))
+                else:
+                    rows = shard.lookup_rows(ids, special)
+                if self.admission.active:
+                    exists = last_steps(rows) >= 0
+                    admitted = self._admit(shard, ids, exists, step)
+                    keep = exists | admitted
+                    ids, grads, rows = (tf.boolean_mask(ids, keep), tf.boolean_mask(grads, keep),
+                                        tf.boolean_mask(rows, keep))
+                rows, n_missing = self._filled(ids, rows)
+            n = tf.shape(ids)[0]
             slots = [rows[:, d * (i + 1) : d * (i + 2)] for i in range(self.optimizer.num_slots)]
             new_emb, new_slots = self.optimizer.update(rows[:, :d], slots, grads, step)
-            stamp = tf.fill([tf.shape(ids)[0], 1], tf.bitcast(tf.cast(step, tf.int32), tf.float32))
-            shard.insert_rows(ids, tf.concat([new_emb, *new_slots, stamp], 1), n_missing)
+            stamp = tf.fill([n, 1], tf.bitcast(tf.cast(step, tf.int32), tf.float32))
+            shard.insert_rows(ids, tf.concat([new_emb, *new_slots, stamp], 1), n_missing, special)
             shard.counters.scatter_nd_add([[0]], tf.cast(n_missing, tf.int64)[None])
 
     def _admit(

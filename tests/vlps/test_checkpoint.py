@@ -51,10 +51,10 @@ def test_incremental_checkpoint_holds_only_changed_rows(trained) -> None:
     manifest = json.loads((root / "ckpt-30" / "manifest.json").read_text())
     assert manifest["kind"] == "incremental" and manifest["parent"] == "ckpt-20"
     full = json.loads((root / "ckpt-20" / "manifest.json").read_text())
-    written = sum(manifest["tables"]["deep_emb"]["rows_written"])
+    written = sum(manifest["tables"]["emb"]["rows_written"])
     assert 0 < written < trainer.tables[0].size()
-    assert sum(full["tables"]["deep_emb"]["rows_written"]) == \
-        full["tables"]["deep_emb"]["counters"]["rows"]
+    assert sum(full["tables"]["emb"]["rows_written"]) == \
+        full["tables"]["emb"]["counters"]["rows"]
 
 
 @pytest.mark.parametrize("shards", [1, 3])
@@ -92,12 +92,12 @@ def test_restore_mismatches_name_the_table(trained) -> None:
     wrong_dim = vlps.Trainer(lambda: wide_deep(dim=8, hidden=(8,)),
                              loss=keras.losses.BinaryCrossentropy(), checkpoint_dir=str(root))
     wrong_dim.build(dataset_fn)
-    with pytest.raises(vlps.CheckpointMismatchError, match=r"'deep_emb'.*dim 4.*dim 8"):
+    with pytest.raises(vlps.CheckpointMismatchError, match=r"'emb'.*dim 5.*dim 9"):
         wrong_dim.restore()
     wrong_opt = vlps.Trainer(lambda: wide_deep(dim=4, hidden=(8,), optimizer="ftrl"),
                              loss=keras.losses.BinaryCrossentropy(), checkpoint_dir=str(root))
     wrong_opt.build(dataset_fn)
-    with pytest.raises(vlps.CheckpointMismatchError, match=r"'deep_emb'.*Adagrad.*Ftrl"):
+    with pytest.raises(vlps.CheckpointMismatchError, match=r"'emb'.*Adagrad.*Ftrl"):
         wrong_opt.restore()
 
     def other_model():

@@ -28,7 +28,7 @@ def test_cluster_training_reduces_loss(first_run, tf_cluster) -> None:
     assert result["step"] == 60 and result["restored"] == 0
     assert result["loss_after"] < result["loss_before"] - 0.05, result
     # Both ps tasks hold a share of the rows.
-    assert all(n > 1000 for n in result["shards"]["deep_emb"]), result["shards"]
+    assert all(n > 1000 for n in result["shards"]["emb"]), result["shards"]
     lines = (tf_cluster.tmp / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["step"] for r in records[:3]] == [20, 40, 60]
