@@ -7,8 +7,9 @@ one with `c.JupyterHub.spawner_class = "localprocess"` for system users created 
 benchmark. Each user's spawns rotate through three cases: the platform's medium size (a 1-CPU
 cgroup), its small size (a 0.5-CPU cgroup: the server's start-up is held to half a core, as
 reserved) and the baseline (no limits); each is timed from `POST /hub/api/users/<name>/server`
-until the hub reports the server ready, then the server is stopped. As root both run servers as system accounts;
-as another user the baseline cannot (it needs root to switch users) and the script says so.
+until the hub reports the server ready, then the server is stopped. As root both run servers as
+system accounts; as another user the baseline cannot (it needs root to switch users) and the
+script says so.
 
     .venv/bin/python bench/spawn.py [--spawns 20]
 """
