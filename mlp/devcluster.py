@@ -94,6 +94,14 @@ def bin_dir() -> Path:
     return Path(out.stdout.strip())
 
 
+def kserve_crd() -> Path:
+    """KServe's InferenceService CRD, fetched by scripts/k8s-build.sh from KServe's Go module."""
+    out = subprocess.run(
+        [str(BUILD_SCRIPT), "--print-kserve-crd"], check=True, capture_output=True, text=True
+    )
+    return Path(out.stdout.strip())
+
+
 def binaries_missing(bindir: Path) -> list[str]:
     names = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
     return [n for n in names if not (bindir / n).is_file()]

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Build the Kubernetes test control plane from the Go module proxy, once, into a cache outside
 # the checkout: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok (and Kueue
-# with --with-kueue, for bench/kueue_compare.py). Binaries are reused while the versions below are
-# unchanged; a fresh machine needs ~15-20 min on 2 cores and ~7 GB of Go caches (deletable).
+# with --with-kueue, for bench/kueue_compare.py), plus KServe's InferenceService CRD from KServe's
+# Go module (the tests validate the platform's manifests against it). Binaries are reused while
+# the versions below are unchanged; a fresh machine needs ~15-20 min on 2 cores and ~7 GB of Go caches (deletable).
 #
-# Usage: scripts/k8s-build.sh [--with-kueue] [--print-bindir]
+# Usage: scripts/k8s-build.sh [--with-kueue] [--print-bindir] [--print-kserve-crd]
 # Environment: MLP_K8S_CACHE (default ~/.cache/jupyterhub-mlp/k8s), GO (default: go on PATH).
 set -euo pipefail
 
@@ -12,22 +13,31 @@ ETCD_VERSION=v3.6.16
 K8S_VERSION=v1.36.3
 KWOK_VERSION=v0.8.0
 KUEUE_VERSION=v0.17.0
+KSERVE_VERSION=v0.20.0
 
 with_kueue=0
 print_bindir=0
+print_crd=0
 for arg in "$@"; do
   case "$arg" in
     --with-kueue) with_kueue=1 ;;
     --print-bindir) print_bindir=1 ;;
-    *) echo "k8s-build: unknown argument $arg (use --with-kueue, --print-bindir)" >&2; exit 2 ;;
+    --print-kserve-crd) print_crd=1 ;;
+    *) echo "k8s-build: unknown argument $arg (use --with-kueue, --print-bindir," \
+            "--print-kserve-crd)" >&2; exit 2 ;;
   esac
 done
 
 CACHE="${MLP_K8S_CACHE:-${HOME:-/root}/.cache/jupyterhub-mlp/k8s}"
 BIN="$CACHE/bin/etcd-$ETCD_VERSION.k8s-$K8S_VERSION.kwok-$KWOK_VERSION"
 KUEUE_BIN="$CACHE/bin/kueue-$KUEUE_VERSION"
+KSERVE_CRD="$CACHE/crds/kserve-$KSERVE_VERSION/serving.kserve.io_inferenceservices.yaml"
 if [ "$print_bindir" = 1 ]; then
   echo "$BIN"
+  exit 0
+fi
+if [ "$print_crd" = 1 ]; then
+  echo "$KSERVE_CRD"
   exit 0
 fi
 
@@ -151,6 +161,14 @@ if [ ! -d "$BIN/kwok-stages" ]; then
   done
   rm -f "$BIN/kwok-stages.tmp/kustomization.yaml"
   mv "$BIN/kwok-stages.tmp" "$BIN/kwok-stages"
+fi
+# KServe's InferenceService CRD, from its released Go module (no build: only the YAML is used).
+if [ ! -f "$KSERVE_CRD" ]; then
+  step "fetching KServe $KSERVE_VERSION's InferenceService CRD from the Go module proxy"
+  dir=$("$GO" mod download -json "github.com/kserve/kserve@$KSERVE_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')
+  mkdir -p "$(dirname "$KSERVE_CRD")"
+  cp "$dir/config/crd/full/serving.kserve.io_inferenceservices.yaml" "$KSERVE_CRD.tmp"
+  mv "$KSERVE_CRD.tmp" "$KSERVE_CRD"
 fi
 if [ "$with_kueue" = 1 ]; then
   go_install kueue sigs.k8s.io/kueue/cmd/kueue "$KUEUE_VERSION" "$KUEUE_BIN"
