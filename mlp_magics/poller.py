@@ -144,7 +144,11 @@ class Poller(Generic[T]):
         schedule = Schedule(self.interval, self.max_interval, self.max_error_interval)
         while not self._stopped:
             try:
-                result = await _finish_on_cancel(loop.run_in_executor(None, self.fetch))
+                request = loop.run_in_executor(None, self.fetch)
+            except RuntimeError:  # the loop's executor is shut down: the process is exiting
+                return
+            try:
+                result = await _finish_on_cancel(request)
                 if self._stopped:
                     return
                 changed, done = self.apply(result)

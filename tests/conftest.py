@@ -7,6 +7,11 @@
   hub_config/mlp_hub_config/jupyterhub_config.py on free loopback ports, once per session. It carries a
   `test-admin` service token for the hub API and `hub.user_token(name)` creates users/tokens.
 - `alice`, `bob`, `admin`: REST clients of the mlp API (through the proxy) as those users.
+- `k8s`: one real Kubernetes control plane per session (etcd, kube-apiserver with RBAC,
+  controller-manager, scheduler, kwok; binaries from scripts/k8s-build.sh), shared by tests/k8s
+  and tests/spawners, started only when a test asks for it. Nodes (kwok, run nothing): `cpu-0`,
+  `cpu-1` with 8 cpu / 32Gi, `gpu-0` with 16 cpu / 64Gi and 4 `nvidia.com/gpu`; tests that need
+  other shapes add nodes with `k8s.add_node(name, NodeShape(...))`.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from mlp.core.manager import JobManager, ManagerSettings
 from mlp.core.quota import QuotaService
 from mlp.core.spec import TaskSpec
 from mlp.core.states import JobState
+from mlp.devcluster import Cluster, NodeShape, start_cluster
 from mlp.scheduling import QuotaConfig, ScorePolicy
 from mlp.store import Store
 
@@ -110,3 +116,18 @@ def bob(hub: Hub) -> Api:
 @pytest.fixture(scope="session")
 def admin(hub: Hub) -> Api:
     return Api(hub, hub.user_token("admin"))
+
+
+# --------------------------------------------------------------------------- Kubernetes
+K8S_NODES = {
+    "cpu-0": NodeShape(cpu="8", memory="32Gi"),
+    "cpu-1": NodeShape(cpu="8", memory="32Gi"),
+    "gpu-0": NodeShape(cpu="16", memory="64Gi", gpu=4, labels={"mlp.jupyter.org/gpu": "true"}),
+}
+
+
+@pytest.fixture(scope="session")
+def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    cluster = start_cluster(tmp_path_factory.mktemp("k8s"), K8S_NODES)
+    yield cluster
+    cluster.stop()

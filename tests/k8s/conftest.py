@@ -1,9 +1,6 @@
-"""Fixtures of the Kubernetes tests: one real control plane per session (etcd, kube-apiserver
-with RBAC, controller-manager, scheduler, kwok) with simulated nodes, built by
-scripts/k8s-build.sh (scripts/test.sh runs it first), and a fresh namespace per test.
-
-Nodes (kwok, run nothing): `cpu-0`, `cpu-1` with 8 cpu / 32Gi, `gpu-0` with 16 cpu / 64Gi and
-4 `nvidia.com/gpu`. Tests that need other shapes add nodes with `k8s.add_node(name, NodeShape(...))`.
+"""Fixtures of the Kubernetes tests: a fresh namespace per test on the session's control plane
+(the `k8s` fixture of tests/conftest.py, shared with the spawner suite), and the spawner
+helpers.
 """
 
 from __future__ import annotations
@@ -23,21 +20,9 @@ from kubernetes_asyncio import config as kconfig
 from mlp_spawner.kube import QuotaKubeSpawner
 from mlptest import Hub
 
-from mlp.devcluster import Cluster, NodeShape, start_cluster
+from mlp.devcluster import Cluster
 
-NODES = {
-    "cpu-0": NodeShape(cpu="8", memory="32Gi"),
-    "cpu-1": NodeShape(cpu="8", memory="32Gi"),
-    "gpu-0": NodeShape(cpu="16", memory="64Gi", gpu=4, labels={"mlp.jupyter.org/gpu": "true"}),
-}
 _counter = itertools.count()
-
-
-@pytest.fixture(scope="session")
-def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cluster = start_cluster(tmp_path_factory.mktemp("k8s"), NODES)
-    yield cluster
-    cluster.stop()
 
 
 @pytest.fixture

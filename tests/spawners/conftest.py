@@ -1,5 +1,5 @@
 """Fixtures of the spawner behaviour suite: one real hub + mlp service (its reclaim loop fast),
-one real Kubernetes control plane (scripts/k8s-build.sh), and a `driver` per spawner that
+the session's real Kubernetes control plane (`k8s`, tests/conftest.py), and a `driver` per spawner that
 builds spawners as the hub would and says what of a server exists: the embedded
 LocalMLPSpawner (a real process in a real cgroup when the machine has cgroups) and
 QuotaKubeSpawner (a real pod on a kwok node).
@@ -32,7 +32,7 @@ import requests
 from mlptest import Hub, start_hub, stop_hub
 from spawnkit import GPU_SIZE, GROUP, POOL, RECLAIM_GRACE, SIZES, Driver, held_async, join
 
-from mlp.devcluster import Cluster, NodeShape, start_cluster
+from mlp.devcluster import Cluster
 
 PROBE = Path(__file__).with_name("probe_server.py")
 _counter = itertools.count()
@@ -166,17 +166,7 @@ class LocalDriver(Driver):
 
 
 # --------------------------------------------------------------------------- Kubernetes
-NODES = {
-    "cpu-0": NodeShape(cpu="8", memory="32Gi"),
-    "gpu-0": NodeShape(cpu="16", memory="64Gi", gpu=4, labels={"mlp.jupyter.org/gpu": "true"}),
-}
-
-
-@pytest.fixture(scope="session")
-def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    cluster = start_cluster(tmp_path_factory.mktemp("k8s"), NODES)
-    yield cluster
-    cluster.stop()
+# The control plane is the session's `k8s` fixture (tests/conftest.py), shared with tests/k8s.
 
 
 class KubeDriver(Driver):
