@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
+
+import requests
 
 from mlp.core.manager import JobManager
 from mlp.core.ports import free_port
@@ -27,9 +30,21 @@ from mlp.store import Job
 EXAMPLES = REPO / "examples"
 
 __all__ = [
-    "EXAMPLES", "HUB_CONFIG", "REPO", "Api", "Hub", "free_port", "kill_mlp_service",
-    "make_python_reachable", "platform_data_dir", "remove_platform_leftovers", "start_hub",
-    "stop_hub", "wait_for_service", "wait_for_state",
+    "EXAMPLES",
+    "HUB_CONFIG",
+    "REPO",
+    "Api",
+    "Hub",
+    "free_port",
+    "kill_mlp_service",
+    "make_python_reachable",
+    "platform_data_dir",
+    "quota_sandbox",
+    "remove_platform_leftovers",
+    "start_hub",
+    "stop_hub",
+    "wait_for_service",
+    "wait_for_state",
 ]
 
 
@@ -47,3 +62,26 @@ async def wait_for_state(
                 f"wanted {sorted(s.value for s in states)}"
             )
         await asyncio.sleep(0.05)
+
+
+def quota_sandbox(hub: Hub, pool: str, group: str) -> dict[str, Any]:
+    """A pool and a quota group of their own in the hub's mlp service (other tests' quotas stay
+    untouched); users join the group through the hub group of the same name. Returns the admin
+    token, an admin `api(method, path, **kw)` that asserts success and returns the JSON, and
+    the API's URL."""
+    admin = hub.user_token("admin", admin=True)
+
+    def api(method: str, path: str, **kw: Any) -> Any:
+        r = requests.request(method, f"{hub.url}/services/mlp/api/v1{path}", timeout=30,
+                             headers={"Authorization": f"token {admin}"}, **kw)
+        assert r.status_code < 300, r.text
+        return r.json()
+
+    api("PUT", f"/admin/pools/{pool}", json={"capacity": {"cpu": 32, "memory": "64Gi", "gpu": 4}})
+    api("PUT", f"/admin/groups/{group}", json={
+        "limits": {pool: {"cpu": 16, "memory": "32Gi", "gpu": 2}},
+        "member_cap": {"cpu": 2, "memory": "8Gi", "gpu": 1},
+    })
+    r = hub.hub_api("POST", f"/groups/{group}")
+    assert r.status_code in (201, 409), r.text
+    return {"admin_token": admin, "api": api, "url": f"{hub.url}/services/mlp/api/v1"}

@@ -44,7 +44,10 @@ c.OutboundPolicy.allow_networks = ['127.0.0.0/8']
 @pytest.fixture(scope="module")
 def qhub(tmp_path_factory) -> Hub:
     hub = start_hub(tmp_path_factory.mktemp("qhub"),
-                    ["--LocalProcessBackend.stop_grace_period=1", "--MLPService.poll_interval=0.2"],
+                    ["--LocalProcessBackend.stop_grace_period=1", "--MLPService.poll_interval=0.2",
+                     # reservations made here have no notebook server behind them: keep the
+                     # reclaim loop from releasing them mid-test on a slow machine
+                     "--MLPService.reclaim_grace=3600"],
                     QUOTAS)
     # JupyterHub groups map to quota groups of the same name.
     for group, members in {"ads": ["alice", "erin"], "search": ["bob"],

@@ -18,7 +18,7 @@ from k8skit import GROUP, POOL
 from kubernetes_asyncio import client as kclient
 from kubernetes_asyncio import config as kconfig
 from mlp_spawner.kube import QuotaKubeSpawner
-from mlptest import Hub
+from mlptest import Hub, quota_sandbox
 
 from mlp.devcluster import Cluster
 
@@ -45,25 +45,7 @@ def namespace(k8s: Cluster) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def ledger(hub: Hub) -> dict[str, Any]:
-    """A pool and a quota group of their own in the session's mlp service (other tests' quotas
-    stay untouched); users join the group through the hub group of the same name."""
-    admin = hub.user_token("admin", admin=True)
-    import requests
-
-    def api(method: str, path: str, **kw: Any) -> Any:
-        r = requests.request(method, f"{hub.url}/services/mlp/api/v1{path}", timeout=30,
-                             headers={"Authorization": f"token {admin}"}, **kw)
-        assert r.status_code < 300, r.text
-        return r.json()
-
-    api("PUT", f"/admin/pools/{POOL}", json={"capacity": {"cpu": 32, "memory": "64Gi", "gpu": 4}})
-    api("PUT", f"/admin/groups/{GROUP}", json={
-        "limits": {POOL: {"cpu": 16, "memory": "32Gi", "gpu": 2}},
-        "member_cap": {"cpu": 2, "memory": "8Gi", "gpu": 1},
-    })
-    r = hub.hub_api("POST", f"/groups/{GROUP}")
-    assert r.status_code in (201, 409), r.text
-    return {"admin_token": admin, "api": api, "url": f"{hub.url}/services/mlp/api/v1"}
+    return quota_sandbox(hub, POOL, GROUP)
 
 
 @pytest.fixture

@@ -20,7 +20,11 @@ SLEEP = "import time; time.sleep(300)"
 
 @pytest.fixture(scope="module")
 def ghub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    hub = start_hub(tmp_path_factory.mktemp("gpuhub"), ["--MLPService.poll_interval=0.2"], POOLS)
+    # The reservations below belong to no real notebook server: a long grace keeps the
+    # service's reclaim loop (which releases reservations the hub has no server for) from
+    # taking them back on a slow machine before the restart is checked.
+    hub = start_hub(tmp_path_factory.mktemp("gpuhub"),
+                    ["--MLPService.poll_interval=0.2", "--MLPService.reclaim_grace=3600"], POOLS)
     yield hub
     stop_hub(hub)
 

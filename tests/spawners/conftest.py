@@ -28,8 +28,7 @@ from typing import Any
 
 import psutil
 import pytest
-import requests
-from mlptest import Hub, start_hub, stop_hub
+from mlptest import Hub, quota_sandbox, start_hub, stop_hub
 from spawnkit import GPU_SIZE, GROUP, POOL, RECLAIM_GRACE, SIZES, Driver, held_async, join
 
 from mlp.devcluster import Cluster
@@ -51,23 +50,7 @@ def suite_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
 
 @pytest.fixture(scope="session")
 def ledger(suite_hub: Hub) -> dict[str, Any]:
-    hub = suite_hub
-    admin = hub.user_token("admin", admin=True)
-
-    def api(method: str, path: str, **kw: Any) -> Any:
-        r = requests.request(method, f"{hub.url}/services/mlp/api/v1{path}", timeout=30,
-                             headers={"Authorization": f"token {admin}"}, **kw)
-        assert r.status_code < 300, r.text
-        return r.json()
-
-    api("PUT", f"/admin/pools/{POOL}", json={"capacity": {"cpu": 32, "memory": "64Gi", "gpu": 4}})
-    api("PUT", f"/admin/groups/{GROUP}", json={
-        "limits": {POOL: {"cpu": 16, "memory": "32Gi", "gpu": 2}},
-        "member_cap": {"cpu": 2, "memory": "8Gi", "gpu": 1},
-    })
-    r = hub.hub_api("POST", f"/groups/{GROUP}")
-    assert r.status_code in (201, 409), r.text
-    return {"admin_token": admin, "api": api, "url": f"{hub.url}/services/mlp/api/v1"}
+    return quota_sandbox(suite_hub, POOL, GROUP)
 
 
 # --------------------------------------------------------------------------- embedded
