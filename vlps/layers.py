@@ -70,6 +70,61 @@ def _remember_unique(inputs: Any, key_dtype: str, value: tuple[tf.Tensor, tf.Ten
     _uniques.setdefault(graph, {})[(inputs.ref(), key_dtype)] = value
 
 
+# Features whose unique the input pipeline computed (`with_uniques`) carry it in two extra
+# entries of the features dict; `take_uniques` removes them before the model sees the dict.
+UNIQUE_KEY = "__vlps_unique__/"
+UNIQUE_IDX_KEY = "__vlps_unique_idx__/"
+
+
+def unique_feature_keys(model: Any, features: Any) -> list[str]:
+    """Keys of the `features` dict whose tensor reaches a DynamicEmbedding layer unchanged
+    (int ids, no combiner): their `tf.unique` can run in the input pipeline, ahead of the step.
+
+    Found by calling the model once (eagerly, not training) and recording the tensors the
+    layers receive; a feature the model transforms first is not listed (its layer keeps
+    computing its own unique)."""
+    if not isinstance(features, dict):
+        return []
+    seen: list[Any] = []
+    prev = getattr(_local, "recording", None)
+    _local.recording = seen
+    try:
+        model(features, training=False)
+    finally:
+        _local.recording = prev
+    return sorted(k for k, v in features.items()
+                  if isinstance(k, str) and any(v is s for s in seen))
+
+
+def with_uniques(keys: list[str]) -> Any:
+    """A `Dataset.map` function adding the unique ids (and the index of each occurrence) of
+    each feature in `keys` to a (features, labels...) element."""
+
+    def add(features: Any, *rest: Any) -> Any:
+        features = dict(features)
+        for k in keys:
+            unique, idx = tf.unique(tf.reshape(tf.cast(features[k], tf.int64), [-1]))
+            features[UNIQUE_KEY + k] = unique
+            features[UNIQUE_IDX_KEY + k] = idx
+        return (features, *rest)
+
+    return add
+
+
+def take_uniques(features: Any) -> Any:
+    """Remove the entries `with_uniques` added and make the layers of the graph being built
+    use them for their features (instead of a `tf.unique` of their own)."""
+    if not isinstance(features, dict) or not any(
+            isinstance(k, str) and k.startswith(UNIQUE_KEY) for k in features):
+        return features
+    out = {k: v for k, v in features.items()
+           if not (isinstance(k, str) and k.startswith((UNIQUE_KEY, UNIQUE_IDX_KEY)))}
+    for k, v in out.items():
+        if isinstance(k, str) and UNIQUE_KEY + k in features:
+            _remember_unique(v, "int64", (features[UNIQUE_KEY + k], features[UNIQUE_IDX_KEY + k]))
+    return out
+
+
 def _xla_gather(columns: tuple[int, ...]) -> Any:
     """The training gather of one layer's column groups and its gradient, XLA-compiled.
 
@@ -252,6 +307,10 @@ class DynamicEmbedding(keras.layers.Layer):
             else:
                 values, segments = tf.reshape(inputs, [-1]), None
         checks = self._check_batch(nrows)
+        recording = getattr(_local, "recording", None)
+        if recording is not None and segments is None and self.key_dtype == "int64" \
+                and values.dtype in (tf.int64, tf.int32):
+            recording.append(inputs)
         unique_idx = _shared_unique(inputs, self.key_dtype) if segments is None else None
         if unique_idx is None:
             with tf.control_dependencies(checks):

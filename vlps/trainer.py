@@ -22,7 +22,7 @@ from vlps import checkpoint as ckpt_mod
 from vlps import optimizers as optimizers_mod
 from vlps.cluster import ClusterInfo, run_server_if_needed
 from vlps.export import export_saved_model
-from vlps.layers import tables_of
+from vlps.layers import tables_of, take_uniques, unique_feature_keys, with_uniques
 from vlps.metrics import report
 from vlps.placement import Placement, placement_scope
 from vlps.table import EmbeddingTable
@@ -60,6 +60,9 @@ class Trainer:
         a report, eviction or checkpoint boundary. Default `DEFAULT_STEPS_PER_EXECUTION`.
       prefetch: batches each worker (or the local process) prefetches from `dataset_fn`'s
         dataset ahead of the step that consumes them (0: none beyond the dataset's own).
+      unique_in_input: compute the `tf.unique` of each id feature that feeds a DynamicEmbedding
+        layer unchanged in the input pipeline (with the prefetch, so ahead of the step and off
+        its critical path) instead of inside the step. Same ids, same order, same training.
     """
 
     def __init__(
@@ -67,7 +70,7 @@ class Trainer:
         optimizer: Any = None, checkpoint_dir: str | None = None,
         checkpoint_every: int | None = None, full_every: int = 5, evict_every: int | None = None,
         report_every: int = 100, cluster: ClusterInfo | None = None,
-        steps_per_execution: int | None = None, prefetch: int = 2,
+        steps_per_execution: int | None = None, prefetch: int = 2, unique_in_input: bool = True,
     ) -> None:
         self.info = cluster or ClusterInfo.from_env()
         run_server_if_needed(self.info)  # ps / worker tasks never return from here
@@ -80,6 +83,8 @@ class Trainer:
             raise ValueError(f"Trainer: prefetch must be an int >= 0, got {prefetch!r}")
         self.steps_per_execution = steps_per_execution or DEFAULT_STEPS_PER_EXECUTION
         self.prefetch = prefetch
+        self.unique_in_input = unique_in_input
+        self._unique_keys: list[str] = []
         self.model_fn = model_fn
         self.loss = loss
         self.optimizer = optimizers_mod.get(optimizer)
@@ -127,7 +132,9 @@ class Trainer:
         features, _ = next(iter(dataset_fn(None)))
         with self.scope():
             # Creates Keras variables (on the ps under the strategy); no table row is created.
-            self.model(features, training=False)
+            # The call also finds the id features whose unique the input pipeline can compute.
+            keys = unique_feature_keys(self.model, features)
+            self._unique_keys = keys if self.unique_in_input else []
             self.optimizer.build_dense(list(self.model.trainable_variables), self.strategy)
         self.tables = tables_of(self.model)
         self._built = True
@@ -186,6 +193,7 @@ class Trainer:
             last = tf.constant(0.0)
             for _ in tf.range(n):
                 features, labels = next(iterator)
+                features = take_uniques(features)
                 step = gstep.assign_add(1)
                 last = tf.cast(train_step(model, loss, opt, features, labels, step), tf.float32)
             return last
@@ -208,10 +216,12 @@ class Trainer:
     def make_iterator(self, dataset_fn: Callable[..., tf.data.Dataset]) -> Any:
         """The iterator `fit` trains from: per worker on a cluster (each worker calls
         `dataset_fn(input_context)`), else local; either way with `prefetch` batches ahead."""
-        prefetch = self.prefetch
+        prefetch, keys = self.prefetch, list(self._unique_keys)
 
         def with_prefetch(ctx: Any = None) -> tf.data.Dataset:
             ds = dataset_fn(ctx)
+            if keys:
+                ds = ds.map(with_uniques(keys))
             return ds.prefetch(prefetch) if prefetch else ds
 
         if self.coordinator is None:

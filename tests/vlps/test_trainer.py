@@ -66,6 +66,43 @@ def test_calls_stop_at_report_evict_and_checkpoint_boundaries(tmp_path, monkeypa
     assert int(t.global_step.numpy()) == 20
 
 
+def step_graph_ops(t: vlps.Trainer, iterator) -> list[str]:
+    """Op types of the compiled step function, its loop body included."""
+    graph = t._make_step_fn().get_concrete_function(iterator, tf.constant(2)).graph.as_graph_def()
+    return [n.op for n in graph.node] + [n.op for f in graph.library.function for n in f.node_def]
+
+
+def test_unique_in_the_input_pipeline_trains_the_same_model_off_the_step() -> None:
+    features, _ = heldout()
+    ahead, inside = trainer(steps_per_execution=4), trainer(steps_per_execution=4,
+                                                           unique_in_input=False)
+    ahead.fit(dataset_fn, steps=12)
+    inside.fit(dataset_fn, steps=12)
+    assert ahead._unique_keys == ["cat"] and inside._unique_keys == []
+    np.testing.assert_allclose(ahead.predict(features).numpy(), inside.predict(features).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert ahead.tables[0].size() == inside.tables[0].size() > 0
+    # The step itself computes no unique when the pipeline does; without it, the one layer does.
+    assert "Unique" not in step_graph_ops(ahead, ahead.make_iterator(dataset_fn))
+    assert step_graph_ops(inside, inside.make_iterator(dataset_fn)).count("Unique") == 1
+
+
+def test_a_feature_transformed_before_its_layer_keeps_its_unique_in_the_step() -> None:
+    def model():
+        inputs = {"cat": keras.Input((26,), dtype="int64", name="cat"),
+                  "num": keras.Input((13,), name="num")}
+        shifted = keras.layers.Lambda(lambda x: x + 1)(inputs["cat"])
+        emb = vlps.DynamicEmbedding(4, name="shifted", optimizer=vlps.Adagrad(0.1))(shifted)
+        x = keras.layers.Concatenate()([keras.layers.Flatten()(emb), inputs["num"]])
+        return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+
+    t = vlps.Trainer(model, loss=keras.losses.BinaryCrossentropy(),
+                     optimizer=vlps.Adagrad(0.05), cluster=vlps.ClusterInfo())
+    assert t.fit(dataset_fn, steps=3)["step"] == 3
+    assert t._unique_keys == []
+    assert step_graph_ops(t, t.make_iterator(dataset_fn)).count("Unique") == 1
+
+
 @pytest.mark.parametrize("bad", [0, -1, 2.5])
 def test_bad_steps_per_execution_and_prefetch_are_named(bad) -> None:
     with pytest.raises(ValueError, match="steps_per_execution must be an int > 0"):
