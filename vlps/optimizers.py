@@ -14,6 +14,7 @@ touches every row the result equals the dense Keras optimizer.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import tensorflow as tf
@@ -84,11 +85,16 @@ class Optimizer:
                     f"vlps optimizer: variable {getattr(v, 'path', v.name)} has no slots; "
                     "call build_dense(variables) first (vlps.Trainer does this)"
                 )
-            new_v, new_slots = self.update(tf.convert_to_tensor(v), [s.read_value() for s in slots],
-                                           tf.cast(g, v.dtype), step)
-            for s, ns in zip(slots, new_slots, strict=True):
-                s.assign(ns)
-            v.assign(new_v)
+            # On a cluster the update runs where the variable lives (a ps task): only the
+            # gradient crosses the network, not the variable, its slots and their new values.
+            device = getattr(_tf_var(v), "device", "") or ""
+            with tf.device(device) if device else contextlib.nullcontext():
+                new_v, new_slots = self.update(tf.convert_to_tensor(v),
+                                               [s.read_value() for s in slots],
+                                               tf.cast(g, v.dtype), step)
+                for s, ns in zip(slots, new_slots, strict=True):
+                    s.assign(ns)
+                v.assign(new_v)
 
 
 def _tf_var(v: Any) -> Any:

@@ -17,9 +17,12 @@ re-derive the layout and the locking rules that keep checkpoints consistent.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import tensorflow as tf
@@ -110,12 +113,14 @@ class _Shard:
         self.index = index
         self.device = device
         self.width = table.width
-        # The kernel tests entries + batch > num_buckets * max_load_factor in float32.
-        self.max_load_factor = tf.constant(table.max_load_factor, tf.float32)
-        default = tf.concat(
-            [tf.zeros([table.width - 1]), tf.bitcast(tf.constant([-1], tf.int32), tf.float32)], 0
-        )
+        # The kernel tests entries + batch > num_buckets * max_load_factor in float32. A Python
+        # float, made a constant of each graph that uses it: a captured eager tensor would
+        # live on the chief and cross the network at every call on a cluster.
+        self.max_load_factor = table.max_load_factor
         with device_scope(device):
+            # Made on the shard's device: lookups pass the default row to the kernel.
+            default = tf.concat([tf.zeros([table.width - 1]),
+                                 tf.bitcast(tf.constant([-1], tf.int32), tf.float32)], 0)
             # Pre-sizing matters for memory: a DenseHashTable doubles when its load passes
             # max_load_factor, so bytes/id swing between payload/max_load and twice that.
             self.main = _DenseTable(
@@ -124,6 +129,10 @@ class _Shard:
                 max_load_factor=table.max_load_factor,
                 name=f"vlps_{table.name}_{index}",
             )
+        # Under ParameterServerStrategy tf.Variable ignores device scopes (its creator places
+        # variables round robin over the ps tasks): the shard's own variables would land on
+        # other tasks than its tables and every push would cross between ps tasks.
+        with device_scope(device), _variables_on(device, f"vlps_{table.name}_{index}"):
             # The kernel's bucket count, mirrored (the op does not expose it): see _main_insert.
             self.buckets = tf.Variable(
                 tf.constant(table.initial_buckets, tf.int64), trainable=False,
@@ -191,7 +200,7 @@ class _Shard:
             # The kernel's growth rule, on its own entry count.
             return tf.nest.flatten(tf.while_loop(
                 lambda b: tf.cast(entries + count, tf.float32)
-                > tf.cast(b, tf.float32) * self.max_load_factor,
+                > tf.cast(b, tf.float32) * tf.constant(self.max_load_factor, tf.float32),
                 lambda b: (b * 2,), (self.buckets.read_value(),)))[0]
 
         def insert_and_track(entries: tf.Tensor) -> tf.Tensor:
@@ -278,6 +287,48 @@ class _Shard:
         return fn()
 
 
+@contextlib.contextmanager
+def _variables_on(device: str | None, name: str) -> Iterator[None]:
+    """tf.Variables created inside (eagerly) go to `device`: ParameterServerStrategy's creator
+    honours `colocate_with` (in eager mode: the device of the object given), not device
+    scopes. `device` None: no change."""
+    if device is None or not tf.executing_eagerly():
+        yield
+        return
+    anchor = SimpleNamespace(device=device, name=name)
+
+    def creator(next_creator: Any, **kwargs: Any) -> Any:
+        kwargs["colocate_with"] = anchor
+        return next_creator(**kwargs)
+
+    with tf.variable_creator_scope(creator):
+        yield
+
+
+@contextlib.contextmanager
+def _remote_control_flow(device: str | None) -> Iterator[None]:
+    """While building a remote shard's ops: its conds and loops stay whole `If`/`While` ops,
+    run by the shard's task, instead of being lowered into the caller's graph as Switch/Merge
+    frames. Lowered, the graph partitioner splits each frame between worker and ps and pays a
+    round trip per branch and loop iteration (pivots, loop conditions): most of the cluster's
+    step time at small batches (see docs/vlps.md, "Cluster step overhead"). Local shards
+    (one process) keep TF's default lowering."""
+    if device is None or tf.executing_eagerly():
+        yield
+        return
+    from tensorflow.python.ops import control_flow_util_v2 as cf  # TF's own switch for this
+
+    before = getattr(cf, "_DISABLE_LOWER_USING_SWITCH_MERGE", None)
+    if before is None:  # a TensorFlow without it: lowered as usual (slower, same results)
+        yield
+        return
+    cf._DISABLE_LOWER_USING_SWITCH_MERGE = True
+    try:
+        yield
+    finally:
+        cf._DISABLE_LOWER_USING_SWITCH_MERGE = before
+
+
 def _size_class(n: tf.Tensor) -> tf.Tensor:
     """The power of two >= n (at least 256): XLA-compiled functions see padded inputs of
     these sizes only, so they compile a few times, not once per batch."""
@@ -338,9 +389,8 @@ class EmbeddingTable:
         ]
         self._stash: weakref.WeakKeyDictionary[Any, dict[Any, Any]] = \
             weakref.WeakKeyDictionary()
-        self._slot_init = tf.constant(
-            [v for v in self.optimizer.initial_slot_values() for _ in range(dim)], tf.float32
-        )
+        # A Python list, made a constant of each graph that uses it (see _Shard).
+        self._slot_init = [v for v in self.optimizer.initial_slot_values() for _ in range(dim)]
 
     @property
     def num_shards(self) -> int:
@@ -402,7 +452,8 @@ class EmbeddingTable:
             ([ids], [], None) if self.num_shards == 1 else self._partition(ids))
         outs, kept = [], []
         for s, p in zip(self.shards, parts, strict=True):
-            emb, k = self._pull_shard(s, p, training, keep=stash is not None)
+            with _remote_control_flow(s.device):
+                emb, k = self._pull_shard(s, p, training, keep=stash is not None)
             outs.append(emb)
             kept.append(k)
         if stash is not None:
@@ -426,7 +477,7 @@ class EmbeddingTable:
             def rows(ids: tf.Tensor) -> tf.Tensor:
                 n = tf.shape(ids)[0]
                 return tf.concat([self.initializer(ids, self.dim),
-                                  tf.tile(self._slot_init[None, :], [n, 1]),
+                                  tf.tile(tf.constant([self._slot_init], tf.float32), [n, 1]),
                                   tf.zeros([n, 1])], 1)
             fn = self._initial_rows_xla = tf.function(rows, jit_compile=True)
         return fn
@@ -481,7 +532,8 @@ class EmbeddingTable:
         gparts = [grads] if shard is None else tf.dynamic_partition(grads, shard,
                                                                     self.num_shards)
         for s, p, g, k in zip(self.shards, parts, gparts, kept, strict=True):
-            self._push_shard(s, p, g, step, k)
+            with _remote_control_flow(s.device):
+                self._push_shard(s, p, g, step, k)
 
     def _push_shard(
         self, shard: _Shard, ids: tf.Tensor, grads: tf.Tensor, step: tf.Tensor,

@@ -29,6 +29,12 @@ def test_cluster_training_reduces_loss(first_run, tf_cluster) -> None:
     assert result["loss_after"] < result["loss_before"] - 0.05, result
     # Both ps tasks hold a share of the rows.
     assert all(n > 1000 for n in result["shards"]["emb"]), result["shards"]
+    # Each shard's variables sit on its table's task (ParameterServerStrategy would otherwise
+    # spread them round robin, and every push would hop between ps tasks).
+    placement = result["placement"]
+    assert sorted(table for table, _ in placement) == [
+        f"/job:ps/replica:0/task:{i}/device:CPU:0" for i in range(2)], placement
+    assert all(variables == [table] for table, variables in placement), placement
     lines = (tf_cluster.tmp / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["step"] for r in records[:3]] == [20, 40, 60]

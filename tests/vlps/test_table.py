@@ -207,3 +207,42 @@ def test_updates_near_capacity_do_not_double_a_presized_shard(graph: bool) -> No
     ot, orr = np.argsort(kt.numpy()), np.argsort(kr.numpy())
     np.testing.assert_array_equal(kt.numpy()[ot], kr.numpy()[orr])
     np.testing.assert_array_equal(rt.numpy()[ot], rr.numpy()[orr])
+
+
+def _control_flow_ops(concrete) -> list:
+    """(op type, `_lower_using_switch_merge` or None) of every If/While in a traced function,
+    nested function bodies included."""
+    graph = concrete.graph.as_graph_def()
+    nodes = list(graph.node) + [n for f in graph.library.function for n in f.node_def]
+    return [(n.op, n.attr["_lower_using_switch_merge"].b
+             if "_lower_using_switch_merge" in n.attr else None)
+            for n in nodes if n.op in ("If", "StatelessIf", "While", "StatelessWhile")]
+
+
+def test_shards_on_a_task_device_keep_their_control_flow_whole() -> None:
+    """A shard placed on a (ps) device builds its conds and loops as whole If/While ops that
+    its task runs, not lowered into the caller's graph (lowered, a cluster pays a round trip
+    per branch); a local shard keeps TF's lowering. Both compute the same rows."""
+    from vlps.placement import Placement, placement_scope
+
+    device = "/job:localhost/replica:0/task:0/device:CPU:0"
+    with placement_scope(Placement([device])):
+        placed = vlps.EmbeddingTable("placed", 4, optimizer="adagrad")
+    local = vlps.EmbeddingTable("local", 4, optimizer="adagrad")
+    assert placed.shards[0].device == device and local.shards[0].device is None
+    ids = tf.constant([3, 9, 2**40, 3], tf.int64)
+
+    @tf.function
+    def step(table, ids):
+        unique, _ = tf.unique(ids)
+        emb = table.pull(unique)
+        table.push(unique, tf.ones_like(emb), tf.constant(1, tf.int64))
+        return emb
+
+    for _ in range(2):
+        np.testing.assert_array_equal(step(placed, ids).numpy(), step(local, ids).numpy())
+    ops_placed = _control_flow_ops(step.get_concrete_function(placed, ids))
+    ops_local = _control_flow_ops(step.get_concrete_function(local, ids))
+    assert ops_placed and all(lower is not True for _, lower in ops_placed), ops_placed
+    assert any(lower is True for _, lower in ops_local), ops_local
+    np.testing.assert_array_equal(placed.lookup(ids).numpy(), local.lookup(ids).numpy())
