@@ -36,6 +36,11 @@ log = logging.getLogger("vlps")
 DEFAULT_STEPS_PER_EXECUTION = 16
 
 
+# Errors a lost or restarted task shows up as on the chief.
+_LOST_TASK_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
+                     tf.errors.CancelledError, tf.errors.DeadlineExceededError)
+
+
 class TaskFailedError(RuntimeError):
     """A ps or worker task failed; the message names it. Restarting the job resumes from the
     last checkpoint."""
@@ -306,6 +311,10 @@ class Trainer:
         if self.coordinator is None:
             return error
         dead = self.info.unreachable_tasks()
+        if not dead and not isinstance(error, _LOST_TASK_ERRORS):
+            # Every task answers and the error is not about reaching one (e.g. a graph or
+            # input error inside the step): the original error names the cause.
+            return error
         last = ckpt_mod.latest(self.checkpoint_dir) if self.checkpoint_dir else None
         who = ", ".join(dead) if dead else "a task of the cluster"
         resume = (f"restart the job to resume from {last}" if last

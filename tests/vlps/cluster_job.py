@@ -26,7 +26,18 @@ def model_fn() -> keras.Model:
 
 
 def dataset_fn(ctx: object) -> tf.data.Dataset:
-    return synthetic_ctr(128, seed=1, zipf_a=1.5)
+    ds = synthetic_ctr(128, seed=1, zipf_a=1.5)
+    bad = params.get("fail_at_batch")
+    if bad is None:
+        return ds
+
+    def check(i: tf.Tensor, batch: object) -> object:
+        # An error inside the worker's step that has nothing to do with a lost task.
+        with tf.control_dependencies([tf.debugging.assert_less(
+                i, tf.constant(bad, tf.int64), message="test: bad batch")]):
+            return tf.nest.map_structure(tf.identity, batch)
+
+    return ds.enumerate().map(check)
 
 
 trainer = vlps.Trainer(

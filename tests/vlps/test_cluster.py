@@ -81,6 +81,16 @@ def test_cluster_export_serves_without_vlps(first_run, tmp_path, serve_in_fresh_
     serve_in_fresh_process(params["export"], tmp_path, np.load(params["out"] + ".npy"))
 
 
+def test_an_error_in_the_step_is_not_blamed_on_a_task(first_run, tf_cluster) -> None:
+    tmp = tf_cluster.tmp
+    chief = tf_cluster.chief({"ckpt": str(tmp / "ckpt-bad"), "steps": 40,
+                              "out": str(tmp / "run-bad"), "fail_at_batch": 5})
+    out, _ = chief.communicate(timeout=180)
+    assert chief.returncode != 0
+    assert "test: bad batch" in out and "InvalidArgumentError" in out, out[-3000:]
+    assert "TaskFailedError" not in out and "unreachable" not in out, out[-3000:]
+
+
 def test_ps_failure_names_the_task_and_restart_resumes(first_run, tf_cluster) -> None:
     tmp = tf_cluster.tmp
     params = {"ckpt": str(tmp / "ckpt-fail"), "steps": 100_000, "checkpoint_every": 20,
