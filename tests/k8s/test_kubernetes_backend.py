@@ -55,6 +55,17 @@ def pods(k8s: Cluster, ns: str, selector: str) -> list[dict[str, Any]]:
     ]
 
 
+def pods_running_on(k8s: Cluster, ns: str, job_id: int, node: str) -> None:
+    """Wait until the job's pods run on `node` (a job is Running once its pods exist; the
+    scheduler binds them to a node just added only once kwok has made it Ready)."""
+    def placed() -> bool:
+        found = pods(k8s, ns, f"mlp.jupyter.org/job-id={job_id}")
+        return bool(found) and all(p["status"].get("phase") == "Running"
+                                   and p["spec"].get("nodeName") == node for p in found)
+
+    k8s.wait_for(placed, f"the job's pods running on node {node}", "kwok")
+
+
 async def until(check: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
     """Wait for a condition on state the backend keeps (fed by its watches), not for a time."""
     deadline = time.monotonic() + timeout
@@ -170,9 +181,7 @@ async def test_a_node_that_disappears_fails_its_job_with_that_reason(kube: Harne
     j = m.submit("alice", job("on-doomed", {"chief": 1, "worker": 1}))
     running = await wait_for_state(m, j.id, {JobState.RUNNING, JobState.FAILED}, 120)
     assert running.job_state == JobState.RUNNING, running.reason
-    k8s.wait_for(lambda: all(p["status"].get("phase") == "Running" and p["spec"]["nodeName"]
-                             == "doomed" for p in pods(k8s, namespace, f"mlp.jupyter.org/job-id={j.id}")),
-                 "the job's pods running on node doomed", "kwok")
+    pods_running_on(k8s, namespace, j.id, "doomed")
     await nodes_synced(m, "doomed")
     k8s.delete_node("doomed")
     # The node watch sees the deletion: no waiting for eviction or the pod garbage collector.
@@ -195,6 +204,7 @@ async def test_a_node_not_ready_past_the_grace_requeues_its_job(kube: Harness, k
     j = m.submit("alice", job("on-flaky", {"worker": 1}))
     running = await wait_for_state(m, j.id, {JobState.RUNNING, JobState.FAILED}, 120)
     assert running.job_state == JobState.RUNNING, running.reason
+    pods_running_on(k8s, namespace, j.id, "flaky")
     nodes = await nodes_synced(m, "flaky")
     k8s.request("PATCH", "/api/v1/nodes/flaky",
                 {"metadata": {"annotations": {"kwok.x-k8s.io/status": "custom"}}})
@@ -251,6 +261,7 @@ async def test_node_watch_expiry_relists_and_finds_the_lost_node(kube: Harness, 
     j = m.submit("alice", job("on-fleeting", {"worker": 1}))
     running = await wait_for_state(m, j.id, {JobState.RUNNING, JobState.FAILED}, 120)
     assert running.job_state == JobState.RUNNING, running.reason
+    pods_running_on(k8s, namespace, j.id, "fleeting")
     nodes = await nodes_synced(m, "fleeting")
     await nodes.stop()  # the node watch is away while the node is deleted ...
     k8s.delete_node("fleeting")
