@@ -23,7 +23,7 @@ from typing import Any
 
 from jupyterhub.spawner import LocalProcessSpawner
 from tornado import web
-from traitlets import Dict, Instance, Integer, List, Unicode, default
+from traitlets import Dict, Float, Instance, Integer, List, Unicode, default
 
 from mlp.core.paths import user_home
 from mlp.isolation import MLPIsolation
@@ -80,6 +80,16 @@ class LocalMLPSpawner(ReservationMixin, LocalProcessSpawner):
         help="""Seconds after which an idle kernel is shut down inside a running server
         (jupyter_server's MappingKernelManager.cull_idle_timeout); 0 keeps kernels.""",
     )
+    answer_wait = Float(
+        10.0,
+        config=True,
+        help="""Seconds `start()` keeps asking the new server (every 50 ms) whether it answers
+        before handing it to the hub, which then waits up to `http_timeout` for it with its
+        own backoff (up to 5 s between tries). The hub records the server (pid, reservation,
+        cgroup) only once `start()` returns: a longer wait hands a slow server over sooner
+        but leaves it unrecorded longer if the hub dies meanwhile. 0: return at once.""",
+    )
+
     @default("mlp_api_retries")
     def _default_retries(self) -> int:
         return 2  # the hub-managed service is local: fail the spawn page fast when it is down
@@ -226,8 +236,8 @@ class LocalMLPSpawner(ReservationMixin, LocalProcessSpawner):
         return result
 
     async def _until_answering(self, ip: str, port: int) -> None:
-        """Return once the new server answers HTTP (or its process ended, or `http_timeout`
-        passed: the hub then reports that as it always does). The hub's own check backs off
+        """Return once the new server answers HTTP (or its process ended, or `answer_wait`
+        passed: the hub then waits for it as it always does). The hub's own check backs off
         up to 5 s between tries, so a server that answers after 3 s is typically seen ready
         seconds later; asking every 50 ms here hands it over as soon as it answers."""
         from tornado.httpclient import AsyncHTTPClient, HTTPClientError
@@ -239,7 +249,7 @@ class LocalMLPSpawner(ReservationMixin, LocalProcessSpawner):
         started = loop.time()
         told = 0
         self._event(60, "Server process started; waiting for it to answer")
-        while loop.time() - started < self.http_timeout:
+        while loop.time() - started < min(self.answer_wait, self.http_timeout):
             if self.proc is None or self.proc.poll() is not None:
                 return
             try:

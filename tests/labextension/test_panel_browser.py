@@ -299,15 +299,33 @@ def test_admin_grants_an_expansion_and_the_queued_job_starts(
         api("DELETE", f"/jobs/{job['id']}")
 
 
+def service_answers(api: Api) -> bool:
+    try:
+        return api("GET", "/jobs", timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def test_service_down_shows_the_reason_and_recovers_by_itself(
     alice_lab: Lab, bhub: Hub, api: Api
 ):
     from playwright.sync_api import expect
 
     alice_lab.tab("jobs")
-    kill_mlp_service(bhub)
     error = alice_lab.panel("[data-testid=mlp-error]")
-    expect(error).to_contain_text("cannot reach the mlp service", timeout=30_000)
+    for _ in range(5):
+        kill_mlp_service(bhub)
+        try:
+            expect(error).to_contain_text("cannot reach the mlp service", timeout=15_000)
+            break
+        except AssertionError:
+            # Not shown: only allowed when the hub already started the service again (it
+            # polls its services every ~30 s, so now and then right after the kill) before the
+            # panel's next 2-s poll. Then kill the new one; a service still down is a failure.
+            if not service_answers(api):
+                raise
+    else:
+        raise AssertionError("the hub restarted the mlp service before every panel poll, 5 times")
     alice_lab.shot("12-service-down")
     wait_for_service(api)
     expect(error).to_have_count(0, timeout=60_000)
