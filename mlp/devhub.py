@@ -271,14 +271,19 @@ def kill_mlp_service(hub: Hub) -> None:
         time.sleep(0.05)
 
 
+def service_answers(api: Api) -> bool:
+    """Whether the mlp service answers an API call now."""
+    try:
+        return api("GET", "/jobs", timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def wait_for_service(api: Api, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            if api("GET", "/jobs", timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
+        if service_answers(api):
+            return
         if time.monotonic() > deadline:
             raise TimeoutError(f"the mlp service did not answer within {timeout} s:\n"
                                f"{api.hub.log_tail()}")

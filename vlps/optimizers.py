@@ -14,10 +14,11 @@ touches every row the result equals the dense Keras optimizer.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import tensorflow as tf
+
+from vlps.placement import device_scope
 
 
 class Optimizer:
@@ -87,8 +88,7 @@ class Optimizer:
                 )
             # On a cluster the update runs where the variable lives (a ps task): only the
             # gradient crosses the network, not the variable, its slots and their new values.
-            device = getattr(_tf_var(v), "device", "") or ""
-            with tf.device(device) if device else contextlib.nullcontext():
+            with device_scope(getattr(_tf_var(v), "device", None) or None):
                 new_v, new_slots = self.update(tf.convert_to_tensor(v),
                                                [s.read_value() for s in slots],
                                                tf.cast(g, v.dtype), step)

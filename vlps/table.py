@@ -117,7 +117,10 @@ class _Shard:
         # float, made a constant of each graph that uses it: a captured eager tensor would
         # live on the chief and cross the network at every call on a cluster.
         self.max_load_factor = table.max_load_factor
-        with device_scope(device):
+        # Under ParameterServerStrategy tf.Variable ignores device scopes (its creator places
+        # variables round robin over the ps tasks): `_variables_on` keeps the shard's own
+        # variables on its task, or every push would cross between ps tasks.
+        with device_scope(device), _variables_on(device, f"vlps_{table.name}_{index}"):
             # Made on the shard's device: lookups pass the default row to the kernel.
             default = tf.concat([tf.zeros([table.width - 1]),
                                  tf.bitcast(tf.constant([-1], tf.int32), tf.float32)], 0)
@@ -129,10 +132,6 @@ class _Shard:
                 max_load_factor=table.max_load_factor,
                 name=f"vlps_{table.name}_{index}",
             )
-        # Under ParameterServerStrategy tf.Variable ignores device scopes (its creator places
-        # variables round robin over the ps tasks): the shard's own variables would land on
-        # other tasks than its tables and every push would cross between ps tasks.
-        with device_scope(device), _variables_on(device, f"vlps_{table.name}_{index}"):
             # The kernel's bucket count, mirrored (the op does not expose it): see _main_insert.
             self.buckets = tf.Variable(
                 tf.constant(table.initial_buckets, tf.int64), trainable=False,

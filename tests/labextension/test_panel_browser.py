@@ -18,7 +18,16 @@ from typing import Any
 
 import pytest
 import requests
-from mlptest import REPO, Api, Hub, kill_mlp_service, start_hub, stop_hub, wait_for_service
+from mlptest import (
+    REPO,
+    Api,
+    Hub,
+    kill_mlp_service,
+    service_answers,
+    start_hub,
+    stop_hub,
+    wait_for_service,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -297,13 +306,6 @@ def test_admin_grants_an_expansion_and_the_queued_job_starts(
     expect(message).to_contain_text("promoted alice/train-mnist")
     for job in (first, waiting):
         api("DELETE", f"/jobs/{job['id']}")
-
-
-def service_answers(api: Api) -> bool:
-    try:
-        return api("GET", "/jobs", timeout=5).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def test_service_down_shows_the_reason_and_recovers_by_itself(
