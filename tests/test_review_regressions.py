@@ -119,3 +119,38 @@ async def test_preempted_between_admission_and_start_does_not_run_without_quota(
         await asyncio.sleep(0.05)
     assert m.get(job.id).state == "Running" and hid in m.quota.ledger
     await m.cancel(job.id, by="test")
+
+
+def test_a_venv_in_a_closed_folder_is_refused_at_start_though_its_python_links_out():
+    """The accounts run `.venv/bin/python` through the folders above it: a 0700 folder there is
+    refused with its name at start, even though the link's target (/usr/bin/...) is reachable
+    (found on a clean clone in a `mktemp -d` folder: every task exited 126)."""
+    import os
+    import shutil
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import pytest
+
+    from mlp.app import prepare_data_dir
+    from mlp.isolation.process import unreachable_ancestor
+
+    base = Path(tempfile.mkdtemp(prefix="mlp-reach-", dir="/tmp"))  # pytest's tmp is 0700
+    try:
+        os.chmod(base, 0o711)
+        closed = base / "closed"
+        (closed / "bin").mkdir(parents=True)
+        python = closed / "bin" / "python"
+        python.symlink_to(os.path.realpath(sys.executable))
+        os.chmod(closed, 0o700)
+        assert unreachable_ancestor(Path(os.path.realpath(sys.executable))) is None
+        assert unreachable_ancestor(python) == closed
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(sys, "executable", str(python))
+            with pytest.raises(ValueError, match=f"below {closed}, which other users cannot"):
+                prepare_data_dir(base / "data", multi_user=True)
+        os.chmod(closed, 0o711)
+        assert unreachable_ancestor(python) is None
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -52,8 +52,11 @@ def private_dir(path: Path, mode: int = 0o700) -> Path:
 
 def unreachable_ancestor(path: Path) -> Path | None:
     """The first folder above `path` that other users cannot pass through (no o+x), if any:
-    the accounts must reach the platform's Python environment and their homes."""
-    for parent in reversed(path.resolve().parents):
-        if not parent.stat().st_mode & 0o001:
-            return parent
+    the accounts must reach the platform's Python environment and their homes. Both the folders
+    of the path as written (the accounts run `.venv/bin/python` through them) and, for a
+    symlink, those of its target (the interpreter the venv links to)."""
+    for target in dict.fromkeys([Path(os.path.abspath(path)), path.resolve()]):
+        for parent in reversed(target.parents):
+            if not parent.stat().st_mode & 0o001:
+                return parent
     return None
