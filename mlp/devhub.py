@@ -105,6 +105,9 @@ def make_python_reachable() -> None:
 
     while (parent := unreachable_ancestor(Path(sys.executable))) is not None:
         os.chmod(parent, parent.stat().st_mode | 0o001)
+    # The editable install imports mlp, mlp_magics and vlps from the repository's root, which
+    # Python lists to find them: a clone made in a 0700 folder (mktemp -d) must be listable.
+    os.chmod(REPO, REPO.stat().st_mode | 0o005)
 
 
 def platform_data_dir(tmp: Path) -> Path:
