@@ -73,10 +73,7 @@ def evaluate(predict: Any, args: argparse.Namespace) -> dict:
 
 def table_bytes(tables: Any) -> int:
     """Bytes the hash tables hold: buckets x (8-byte key + float32 row)."""
-    import tensorflow as tf
-
-    return sum(int(tf.size(s.main.export()[0])) * (8 + 4 * t.width)
-               for t in tables for s in t.shards)
+    return sum(s.buckets() * (8 + 4 * t.width) for t in tables for s in t.shards)
 
 
 def loop(step_fn: Any, iterator: Any) -> Any:
@@ -137,7 +134,9 @@ def case_vlps(args: argparse.Namespace) -> None:
     ctr_common.serve(run, args.warm, finish)
 
 
-def case_ceiling(args: argparse.Namespace) -> None:
+def case_ceiling(args: argparse.Namespace, input_grad: bool = False) -> None:
+    """The dense-only ceiling; with `input_grad` it also computes the loss's gradient with
+    respect to the (fixed) embedding outputs, as every embedding model must."""
     import keras
     import tensorflow as tf
 
@@ -158,10 +157,17 @@ def case_ceiling(args: argparse.Namespace) -> None:
         features, labels = next(iterator)
         s = step.assign_add(1)
         with tf.GradientTape() as tape:
+            if input_grad:
+                tape.watch([fixed_emb, fixed_wide])
             loss = bce(labels, model([fixed_emb, fixed_wide, features["num"]], training=True))
         vs = list(model.trainable_variables)
-        opt.apply_dense(list(zip(tape.gradient(loss, vs), vs, strict=True)), s)
-        return loss
+        if not input_grad:
+            opt.apply_dense(list(zip(tape.gradient(loss, vs), vs, strict=True)), s)
+            return loss
+        *gs, g_emb, g_wide = tape.gradient(loss, [*vs, fixed_emb, fixed_wide])
+        opt.apply_dense(list(zip(gs, vs, strict=True)), s)
+        # Returned (a corner of each) so that the graph keeps computing them.
+        return loss + 0.0 * (g_emb[0, 0, 0] + g_wide[0, 0, 0])
 
     ctr_common.serve(loop(step_fn, iter(dataset(args))), args.warm,
                      lambda: {"steps": int(step.numpy()), "auc": None, "bytes": 0,
@@ -334,8 +340,10 @@ def run_cases(args: argparse.Namespace, specs: list[tuple[str, str, Any]],
 
 
 def ratio_column(cases: list[Any], base_key: str) -> dict[str, float]:
-    base = next(c for c in cases if isinstance(c, Case) and c.key == base_key)
-    out = {}
+    base = next((c for c in cases if isinstance(c, Case) and c.key == base_key), None)
+    out: dict[str, float] = {}
+    if base is None:  # not run (--cases)
+        return out
     for c in cases:
         if isinstance(c, Case) and not c.error and len(c.rates) == len(base.rates):
             out[c.key] = statistics.median(a / b for a, b in zip(c.rates, base.rates,
@@ -368,6 +376,10 @@ def main() -> None:
     ap.add_argument("--spe", type=int, default=0,
                     help="cluster steps_per_execution (0: the Trainer's default)")
     ap.add_argument("--no-cluster", action="store_true")
+    ap.add_argument("--cases", default="",
+                    help="comma-separated case keys to run (default all): ceiling, "
+                         "ceiling-grad, vlps, "
+                         "cluster, tfra, keras-sparse, keras-hashed, keras-hashed-small")
     ap.add_argument("--json", default="", help="also write all results to this file")
     ap.add_argument("--case", default="", help=argparse.SUPPRESS)
     ap.add_argument("--data", default="", help=argparse.SUPPRESS)
@@ -379,6 +391,7 @@ def main() -> None:
         return
     if args.case:
         {"vlps": case_vlps, "ceiling": case_ceiling,
+         "ceiling-grad": lambda a: case_ceiling(a, input_grad=True),
          "keras-sparse": lambda a: case_keras(a, True),
          "keras-hashed": lambda a: case_keras(a, False)}[args.case](args)
         return
@@ -397,6 +410,8 @@ def main() -> None:
     specs = [
         ("ceiling", "dense-only ceiling (embeddings replaced by fixed tensors)",
          [*me, "--case", "ceiling", *child_args(args)]),
+        ("ceiling-grad", "dense-only, plus the gradient w.r.t. the embedding outputs",
+         [*me, "--case", "ceiling-grad", *child_args(args)]),
         ("vlps", "vlps, one process", [*me, "--case", "vlps", *child_args(args)]),
         ("cluster", "vlps, chief + 2 ps + 1 worker (localhost)",
          "not run (--no-cluster)" if args.no_cluster else "cluster"),
@@ -408,11 +423,19 @@ def main() -> None:
         ("keras-hashed-small", f"Keras Hashing({small:,})+Embedding, Keras Adagrad",
          keras_case("keras-hashed", small)),
     ]
+    if args.cases:
+        wanted = set(args.cases.split(","))
+        unknown = wanted - {k for k, _, _ in specs}
+        if unknown:
+            sys.exit(f"vlps_ctr: unknown case(s) {sorted(unknown)}; "
+                     f"choose from {[k for k, _, _ in specs]}")
+        specs = [s for s in specs if s[0] in wanted]
     try:
         cases = run_cases(args, specs, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ratios = ratio_column(cases, "ceiling")
+    ratios_g = ratio_column(cases, "ceiling-grad")
     if args.json:
         with open(args.json, "w") as f:
             json.dump([c.__dict__ if not isinstance(c, Case) else
@@ -425,14 +448,14 @@ def main() -> None:
           f"untimed, then {args.rounds} alternated rounds of {args.chunk}); AUC on "
           f"{args.test_batches * 4096:,} held-out samples")
     print("| case | step loop | embedding bytes | samples/s | x dense-only ceiling | "
-          "peak RSS MiB | AUC |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+          "x ceiling + input gradient | peak RSS MiB | AUC |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for c in cases:
         if not isinstance(c, Case):
-            print(f"| {c[1]} | | | {c[2]} | | | |")
+            print(f"| {c[1]} | | | {c[2]} | | | | |")
             continue
         if c.error or not c.rates:
-            print(f"| {c.name} | | | {c.error or 'no result'} | | | |")
+            print(f"| {c.name} | | | {c.error or 'no result'} | | | | |")
             continue
         r = c.result
         rss = r.get("peak_rss_mib", 0) + sum(r.get("server_rss_mib", []))
@@ -442,7 +465,8 @@ def main() -> None:
                   else "on the ps" if c.key == "cluster" else "not measured")
         auc = f"{r['auc']:.4f}" if r.get("auc") is not None else "-"
         print(f"| {c.name} | {loop_name} | {nbytes} | {statistics.median(c.rates):,.0f} | "
-              f"{ratios.get(c.key, float('nan')):.2f} | {rss:,.0f} | {auc} |")
+              f"{ratios.get(c.key, float('nan')):.2f} | "
+              f"{ratios_g.get(c.key, float('nan')):.2f} | {rss:,.0f} | {auc} |")
     byk = {c.key: c for c in cases if isinstance(c, Case)}
     if "vlps" in byk and byk["vlps"].result:
         print(f"vlps rows: {byk['vlps'].result['rows']:,}; table bytes = buckets x (8 B key + "

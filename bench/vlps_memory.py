@@ -75,7 +75,7 @@ def run(case: str, n: int, dim: int, batch: int, updates: int = 0) -> dict:
     trim()
     out["trimmed_bytes_per_id"] = (rss() - before) / n
     if case != "bare":
-        buckets = [int(tf.size(s.main.export()[0])) for s in table.shards]
+        buckets = [s.buckets() for s in table.shards]
         out["buckets"] = buckets
         out["bucket_bytes_per_id"] = sum(buckets) * (8 + 4 * table.width) / n
         if presize is not None:  # pre-sizing must have avoided every rehash

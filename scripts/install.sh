@@ -34,6 +34,19 @@ if [ -n "$extras" ]; then
 else
   .venv/bin/python -m pip install --progress-bar off -e .
 fi
+# vlps's hash-table kernel (vlps/kernels/, C++ against the installed TensorFlow); a no-op when
+# this build exists. Built here, by the installing account: users' kernels cannot write here.
+command -v g++ >/dev/null || command -v c++ >/dev/null || [ -n "${CXX:-}" ] || {
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "install: g++ (apt) for vlps's kernel"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q g++ >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q g++ >/dev/null; }
+  else
+    echo "install: a C++ compiler (g++) is required to build vlps's kernel" >&2; exit 1
+  fi
+}
+echo "install: vlps's hash-table kernel"
+TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python -c 'import vlps.native as n; n.build()'
 # Editable install: the lab loads the panel from this checkout (a link), so `npm run build` in
 # labextension/ is seen after a reload.
 .venv/bin/jupyter-builder develop --overwrite mlp_magics >/dev/null

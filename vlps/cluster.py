@@ -88,6 +88,10 @@ def run_server_if_needed(info: ClusterInfo | None = None) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # The chief places the tables' ops here: this process must know vlps's kernels.
+    from vlps import native
+
+    native.ops()
     server = tf.distribute.Server(
         tf.train.ClusterSpec(info.cluster), job_name=info.task_type, task_index=info.task_index,
         protocol="grpc", start=True,

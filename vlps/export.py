@@ -17,7 +17,11 @@ import tensorflow as tf
 
 from vlps.layers import serving_tables, tables_of
 from vlps.placement import device_scope
-from vlps.table import DELETED_KEY, EMPTY_KEY, EmbeddingTable
+from vlps.table import EmbeddingTable
+
+# DenseHashTable's two reserved keys; ids equal to them are served from a MutableHashTable.
+EMPTY_KEY = -(2**63)
+DELETED_KEY = -(2**63) + 1
 
 
 class ServingTable(tf.Module):

@@ -19,6 +19,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from vlps import native
 from vlps.hashing import hash_strings
 from vlps.table import Admission, EmbeddingTable, Eviction
 
@@ -103,7 +104,7 @@ def with_uniques(keys: list[str]) -> Any:
     def add(features: Any, *rest: Any) -> Any:
         features = dict(features)
         for k in keys:
-            unique, idx = tf.unique(tf.reshape(tf.cast(features[k], tf.int64), [-1]))
+            unique, idx = native.unique(tf.reshape(tf.cast(features[k], tf.int64), [-1]))
             features[UNIQUE_KEY + k] = unique
             features[UNIQUE_IDX_KEY + k] = idx
         return (features, *rest)
@@ -201,7 +202,7 @@ def apply_sparse_gradients(cap: Capture, grads: list[Any], step: tf.Tensor) -> N
             continue
         # A table shared by several layers: aggregate per unique id across them first.
         ids = tf.concat(ids_list, 0)
-        unique, idx = tf.unique(ids)
+        unique, idx = native.unique(ids)
         g = tf.math.unsorted_segment_sum(tf.concat(g_list, 0), idx, tf.size(unique))
         table.push(unique, g, step)
 
@@ -311,16 +312,17 @@ class DynamicEmbedding(keras.layers.Layer):
         if recording is not None and segments is None and self.key_dtype == "int64" \
                 and values.dtype in (tf.int64, tf.int32):
             recording.append(inputs)
+        serving = _serving_tables().get(self.table.name)
         unique_idx = _shared_unique(inputs, self.key_dtype) if segments is None else None
         if unique_idx is None:
             with tf.control_dependencies(checks):
                 keys = self._keys(values)
-            unique, idx = tf.unique(keys)
+            # An exported model serves with plain TensorFlow: no vlps op in its graph.
+            unique, idx = tf.unique(keys) if serving is not None else native.unique(keys)
             if segments is None:
                 _remember_unique(inputs, self.key_dtype, (unique, idx))
         else:
             unique, idx = unique_idx
-        serving = _serving_tables().get(self.table.name)
         if serving is not None:
             emb_u = serving.lookup(unique)
             training = False

@@ -43,6 +43,11 @@ class Optimizer:
         """New (var, slots). `step` is the 1-based count of this update (Adam's bias term)."""
         raise NotImplementedError
 
+    def native_rule(self) -> tuple[str, dict[str, float]] | None:
+        """(rule, attributes) of the table kernel's fused update (`VlpsHashTableApply`) for
+        this optimizer, or None: table rows are then updated by `update`'s TF ops."""
+        return None
+
     def get_config(self) -> dict[str, Any]:
         cfg = {k: v for k, v in vars(self).items() if not k.startswith("_")}
         return {"class": type(self).__name__, **cfg}
@@ -109,6 +114,9 @@ class SGD(Optimizer):
     def update(self, var, slots, grad, step):
         return var - self.learning_rate * grad, []
 
+    def native_rule(self):
+        return "sgd", {"learning_rate": self.learning_rate}
+
 
 class Adagrad(Optimizer):
     """keras.optimizers.Adagrad: accum += g^2; var -= lr * g / sqrt(accum + epsilon)."""
@@ -131,6 +139,9 @@ class Adagrad(Optimizer):
     def update(self, var, slots, grad, step):
         accum = slots[0] + tf.square(grad)
         return var - (self.learning_rate * grad) / tf.sqrt(accum + self.epsilon), [accum]
+
+    def native_rule(self):
+        return "adagrad", {"learning_rate": self.learning_rate, "epsilon": self.epsilon}
 
 
 class Adam(Optimizer):

@@ -1,14 +1,14 @@
-"""`EmbeddingTable`: a dynamic embedding table sharded over TensorFlow hash tables.
+"""`EmbeddingTable`: a dynamic embedding table sharded over vlps's own hash tables.
 
 One row per id holds, in one float32 vector, the embedding, the optimizer slots and the step of
 the row's last update:  [ embedding (dim) | slot_1 (dim) | ... | slot_k (dim) | last_step ].
 Keeping them in one hash-table value is what makes checkpoints consistent: an insert replaces
 the whole row under the table's lock, and an export copies whole rows under the same lock.
 
-Shards are `tf.lookup.experimental.DenseHashTable`s placed on the ps devices of the current
-`Placement`; an id belongs to shard `hashing.shard_of(id, num_shards)`. DenseHashTable reserves
-two keys (empty and deleted); ids equal to them live in a small `MutableHashTable` beside the
-shard, so the full int64 range is usable.
+Shards are `VlpsHashTable`s (`vlps/kernels/hash_table.cc`, used through TensorFlow's lookup
+ops) placed on the ps devices of the current `Placement`; an id belongs to shard
+`hashing.shard_of(id, num_shards)`. Every int64 id is usable; the kernel runs finds and the
+slot search of inserts on the CPU worker threads with the loads issued ahead.
 
 Longer than 500 lines because lookup, update, admission, eviction and export all read and write
 the same packed row layout under the same shard locks; split apart, each part would have to
@@ -28,12 +28,11 @@ from typing import Any
 import tensorflow as tf
 
 from vlps import initializers as initializers_mod
+from vlps import native
 from vlps import optimizers as optimizers_mod
 from vlps.hashing import shard_of, uniform01
 from vlps.placement import current_placement, device_scope
 
-EMPTY_KEY = -(2**63)
-DELETED_KEY = -(2**63) + 1
 #: Names of the per-shard counters, in the order of `EmbeddingTable.counters()`.
 COUNTER_NAMES = ("created", "not_admitted", "evicted_ttl", "evicted_cap")
 
@@ -85,38 +84,42 @@ def _check_name(name: str) -> str:
     return name
 
 
-class _DenseTable(tf.lookup.experimental.DenseHashTable):
-    """DenseHashTable with the op's `max_load_factor` exposed (the Python class hides it)."""
+class _HashTable(tf.lookup.experimental.MutableHashTable):
+    """vlps's own hash table (`vlps/kernels/hash_table.cc`, op `VlpsHashTable`) behind the
+    `tf.lookup` interface: lookup, insert, remove, export and size are TensorFlow's generic
+    lookup ops, run by the kernel's table."""
 
-    def __init__(self, *args: Any, max_load_factor: float = 0.8, **kwargs: Any) -> None:
+    def __init__(self, width: int, default_value: tf.Tensor, initial_num_buckets: int,
+                 max_load_factor: float, name: str) -> None:
+        self._width = width
+        self._initial_num_buckets = int(initial_num_buckets)
         self._max_load_factor = float(max_load_factor)
-        super().__init__(*args, **kwargs)
+        super().__init__(tf.int64, tf.float32, default_value=default_value, name=name)
 
     def _create_resource(self) -> tf.Tensor:
-        ref = tf.raw_ops.MutableDenseHashTableV2(
-            empty_key=tf.constant(self._empty_key, self._key_dtype),
-            deleted_key=tf.constant(self._deleted_key, self._key_dtype),
-            shared_name=self._shared_name or "", use_node_name_sharing=self._shared_name is None,
-            value_dtype=self._value_dtype, value_shape=self._value_shape,
+        ref = native.ops().vlps_hash_table(
+            key_dtype=tf.int64, value_dtype=tf.float32, value_shape=[self._width],
             initial_num_buckets=self._initial_num_buckets,
-            max_load_factor=self._max_load_factor, name=self._name,
+            max_load_factor=self._max_load_factor,
+            shared_name=self._shared_name or "", use_node_name_sharing=self._shared_name is None,
+            name=self._name,
         )
         self._table_name = None if tf.executing_eagerly() else ref.op.name.split("/")[-1]
         return ref
 
+    def buckets(self) -> tf.Tensor:
+        """The table's current number of buckets (its memory is buckets x (8 B + row))."""
+        return native.ops().vlps_hash_table_buckets(self.resource_handle)
+
 
 class _Shard:
-    """One shard: the main DenseHashTable, the sentinel side table, admission candidates,
-    eviction tombstones and counters, all on one device."""
+    """One shard: the rows' hash table, admission candidates, eviction tombstones and
+    counters, all on one device."""
 
     def __init__(self, table: EmbeddingTable, index: int, device: str | None) -> None:
         self.index = index
         self.device = device
         self.width = table.width
-        # The kernel tests entries + batch > num_buckets * max_load_factor in float32. A Python
-        # float, made a constant of each graph that uses it: a captured eager tensor would
-        # live on the chief and cross the network at every call on a cluster.
-        self.max_load_factor = table.max_load_factor
         # Under ParameterServerStrategy tf.Variable ignores device scopes (its creator places
         # variables round robin over the ps tasks): `_variables_on` keeps the shard's own
         # variables on its task, or every push would cross between ps tasks.
@@ -124,20 +127,11 @@ class _Shard:
             # Made on the shard's device: lookups pass the default row to the kernel.
             default = tf.concat([tf.zeros([table.width - 1]),
                                  tf.bitcast(tf.constant([-1], tf.int32), tf.float32)], 0)
-            # Pre-sizing matters for memory: a DenseHashTable doubles when its load passes
+            # Pre-sizing matters for memory: the table doubles when its rows would pass
             # max_load_factor, so bytes/id swing between payload/max_load and twice that.
-            self.main = _DenseTable(
-                tf.int64, tf.float32, default_value=default, empty_key=EMPTY_KEY,
-                deleted_key=DELETED_KEY, initial_num_buckets=table.initial_buckets,
-                max_load_factor=table.max_load_factor,
-                name=f"vlps_{table.name}_{index}",
-            )
-            # The kernel's bucket count, mirrored (the op does not expose it): see _main_insert.
-            self.buckets = tf.Variable(
-                tf.constant(table.initial_buckets, tf.int64), trainable=False,
-                name=f"vlps_{table.name}_{index}_buckets")
-            self.side = tf.lookup.experimental.MutableHashTable(
-                tf.int64, tf.float32, default_value=default, name=f"vlps_{table.name}_{index}_side"
+            self.main = _HashTable(
+                table.width, default, initial_num_buckets=table.initial_buckets,
+                max_load_factor=table.max_load_factor, name=f"vlps_{table.name}_{index}",
             )
             # Candidates: [count, last_step]; a MutableHashTable has no reserved keys.
             self.candidates = tf.lookup.experimental.MutableHashTable(
@@ -149,8 +143,6 @@ class _Shard:
                 tf.int64, tf.int64, default_value=tf.constant(-1, tf.int64),
                 name=f"vlps_{table.name}_{index}_tomb",
             )
-            self.dirty = tf.Variable(
-                False, trainable=False, name=f"vlps_{table.name}_{index}_dirty")
             self.counters = tf.Variable(
                 tf.zeros([len(COUNTER_NAMES)], tf.int64), trainable=False,
                 name=f"vlps_{table.name}_{index}_counters",
@@ -160,130 +152,41 @@ class _Shard:
             self.version = tf.Variable(
                 tf.constant(0, tf.int64), trainable=False, name=f"vlps_{table.name}_{index}_ver")
 
-    # -- raw row access (handles the two reserved keys) ---------------------------------------
-    def lookup_rows(self, ids: tf.Tensor, special: tf.Tensor | None = None) -> tf.Tensor:
-        """Rows of `ids`; `special` (scalar bool: any id is a reserved key) if known."""
-        if special is None:
-            special = has_reserved(ids)
+    # -- raw row access -----------------------------------------------------------------------
+    def lookup_rows(self, ids: tf.Tensor) -> tf.Tensor:
+        """Rows of `ids`; a missing id gets the default row (zeros, last step -1)."""
+        return self.main.lookup(ids)
 
-        def fast() -> tf.Tensor:
-            return self.main.lookup(ids)
-
-        def slow() -> tf.Tensor:
-            is_s = ids <= DELETED_KEY
-            rows = self.main.lookup(tf.where(is_s, tf.zeros_like(ids), ids))
-            return tf.where(is_s[:, None], self.side.lookup(ids), rows)
-
-        return tf.cond(special, slow, fast)
-
-    def _main_insert(self, ids: tf.Tensor, rows: tf.Tensor,
-                     n_new: tf.Tensor | None = None) -> tf.Tensor:
-        # TF 2.21's DenseHashTable inserts a key into the first *deleted* bucket of its probe
-        # sequence without checking whether the key sits further along, so after any remove()
-        # a re-inserted key can exist twice (a stale copy that a later rehash may resurrect).
-        # While a shard has deleted buckets (`dirty`), remove before insert: remove() probes
-        # past deleted buckets and drops the old copy. A rehash (the kernel doubling its
-        # buckets) copies only live keys, so it leaves no deleted bucket: `dirty` is cleared.
-        #
-        # The kernel also doubles its buckets whenever entries + batch size exceeds
-        # buckets * max_load_factor, counting every key of the batch as new: near capacity a
-        # push that only *updates* existing rows would double a pre-sized shard (2x memory)
-        # with no new row. So when counting the batch's `n_new` truly new rows would give
-        # fewer buckets than counting all its keys, remove the batch's keys first (the
-        # kernel's count then drops by the rows that exist) and insert after. When the table
-        # must grow to the same size either way (a table grown on demand), insert plainly.
-        n = tf.cast(tf.size(ids), tf.int64)
-        n_new = n if n_new is None else tf.cast(n_new, tf.int64)
-
-        def grown(entries: tf.Tensor, count: tf.Tensor) -> tf.Tensor:
-            # The kernel's growth rule, on its own entry count.
-            return tf.nest.flatten(tf.while_loop(
-                lambda b: tf.cast(entries + count, tf.float32)
-                > tf.cast(b, tf.float32) * tf.constant(self.max_load_factor, tf.float32),
-                lambda b: (b * 2,), (self.buckets.read_value(),)))[0]
-
-        def insert_and_track(entries: tf.Tensor) -> tf.Tensor:
-            with tf.control_dependencies([entries]):
-                inserted = self.main.insert(ids, rows)
-            after = grown(entries, n)
-            rehashed = after > self.buckets.read_value()
-            with tf.control_dependencies([inserted]):
-                done = [self.buckets.assign(after),
-                        self.dirty.assign(self.dirty.read_value() & ~rehashed)]
-            with tf.control_dependencies(done):
-                return tf.constant(0)
-
-        def careful() -> tf.Tensor:
-            with tf.control_dependencies([self.dirty.assign(True)]):
-                removed = self.main.remove(ids)
-            with tf.control_dependencies([removed]):
-                return insert_and_track(self.main.size())
-
-        def plain() -> tf.Tensor:
-            return insert_and_track(entries)
-
-        entries = self.main.size()
-        overgrows = tf.not_equal(grown(entries, n), grown(entries, n_new))
-        return tf.cond(self.dirty | overgrows, careful, plain)
-
-    def insert_rows(self, ids: tf.Tensor, rows: tf.Tensor, n_new: tf.Tensor | None = None,
-                    special: tf.Tensor | None = None) -> None:
-        """Insert whole rows; `n_new` (if known) is how many of `ids` have no row yet,
-        `special` (if known) whether any id is a reserved key."""
+    def insert_rows(self, ids: tf.Tensor, rows: tf.Tensor) -> None:
+        """Insert (or replace) whole rows."""
         self.version.assign_add(1)
-        if special is None:
-            special = has_reserved(ids)
+        self.main.insert(ids, rows)
 
-        def fast() -> tf.Tensor:
-            return self._main_insert(ids, rows, n_new)
-
-        def slow() -> tf.Tensor:
-            is_s = ids <= DELETED_KEY
-            done = self._main_insert(tf.boolean_mask(ids, ~is_s), tf.boolean_mask(rows, ~is_s))
-            with tf.control_dependencies([done]):
-                self.side.insert(tf.boolean_mask(ids, is_s), tf.boolean_mask(rows, is_s))
-                return tf.constant(0)
-
-        tf.cond(special, slow, fast)
+    def apply_rows(self, ids: tf.Tensor, rows: tf.Tensor, grads: tf.Tensor, step: tf.Tensor,
+                   dim: int, rule: str, attrs: dict[str, float]) -> None:
+        """Write `rows` updated by the optimizer `rule` with `grads` at `step`, in the kernel
+        (the fused form of update + concatenate + insert_rows)."""
+        self.version.assign_add(1)
+        native.ops().vlps_hash_table_apply(
+            self.main.resource_handle, ids, rows, grads, tf.cast(step, tf.int64), rule=rule,
+            dim=dim, **attrs)
 
     def remove_rows(self, ids: tf.Tensor) -> None:
-        is_s = ids <= DELETED_KEY
-        main_ids = tf.boolean_mask(ids, ~is_s)
-
-        def mark() -> tf.Tensor:
-            with tf.control_dependencies([self.dirty.assign(True)]):
-                return tf.constant(0)
-
-        tf.cond(tf.size(main_ids) > 0, mark, lambda: tf.constant(0))
         self.version.assign_add(1)
-        self.main.remove(main_ids)
-        self.side.remove(tf.boolean_mask(ids, is_s))
+        self.main.remove(ids)
 
     def export_rows(self) -> tuple[tf.Tensor, tf.Tensor]:
         keys, rows = self.main.export()
-        keys = tf.reshape(keys, [-1])
-        rows = tf.reshape(rows, [-1, self.width])
-        # DenseHashTable exports every bucket; empty and deleted buckets carry the sentinels.
-        live = keys > DELETED_KEY
-        skeys, srows = self.side.export()
-        return (
-            tf.concat([tf.boolean_mask(keys, live), tf.reshape(skeys, [-1])], 0),
-            tf.concat([tf.boolean_mask(rows, live), tf.reshape(srows, [-1, self.width])], 0),
-        )
+        return tf.reshape(keys, [-1]), tf.reshape(rows, [-1, self.width])
 
     def size(self) -> tf.Tensor:
-        """Live rows, counted from the buckets: DenseHashTable.size() drifts once keys have
-        been removed and inserted again (TF 2.21), so it is not trusted here."""
-        fn: Any = getattr(self, "_size_fn", None)
-        if fn is None:
-            @tf.function
-            def fn() -> tf.Tensor:
-                with device_scope(self.device):
-                    keys, _ = self.main.export()
-                    live = tf.reduce_sum(tf.cast(tf.reshape(keys, [-1]) > DELETED_KEY, tf.int64))
-                    return live + self.side.size()
-            self._size_fn = fn
-        return fn()
+        """Live rows."""
+        with device_scope(self.device):
+            return self.main.size()
+
+    def buckets(self) -> int:
+        with device_scope(self.device):
+            return int(self.main.buckets())
 
 
 @contextlib.contextmanager
@@ -334,12 +237,6 @@ def _size_class(n: tf.Tensor) -> tf.Tensor:
     bits = tf.math.ceil(tf.math.log(tf.cast(tf.maximum(n, 256), tf.float64)) / math.log(2.0))
     size = tf.bitwise.left_shift(tf.constant(1, tf.int64), tf.cast(bits, tf.int64))
     return tf.maximum(n, tf.cast(size, n.dtype))
-
-
-def has_reserved(ids: tf.Tensor) -> tf.Tensor:
-    """Whether any id is one of DenseHashTable's two reserved keys (one reduction; False for
-    no ids)."""
-    return tf.reduce_min(ids) <= DELETED_KEY
 
 
 def last_steps(rows: tf.Tensor) -> tf.Tensor:
@@ -497,20 +394,19 @@ class EmbeddingTable:
         self, shard: _Shard, ids: tf.Tensor, training: bool, keep: bool = False
     ) -> tuple[tf.Tensor, tuple[Any, ...] | None]:
         """The shard's embeddings of `ids`, and (when `keep`) what its push may reuse:
-        (rows, number of missing ids or None, shard version, reserved-key flag). In training
+        (rows, number of missing ids or None, shard version). In training
         without admission the kept rows are already filled with the initial rows of missing
         ids, so the push computes no initial value a second time."""
         with device_scope(shard.device):
-            special = has_reserved(ids)
             # Read the version before the lookup: a push compares it to decide reuse.
             version = shard.version.read_value() if keep else None
             with tf.control_dependencies([version] if version is not None else []):
-                rows = shard.lookup_rows(ids, special)
+                rows = shard.lookup_rows(ids)
             if not training or self.admission.active:
                 # Not-yet-admitted and unknown ids embed as the default row's zeros.
-                return rows[:, : self.dim], ((rows, None, version, special) if keep else None)
+                return rows[:, : self.dim], ((rows, None, version) if keep else None)
             rows, n_missing = self._filled(ids, rows)
-            return rows[:, : self.dim], ((rows, n_missing, version, special) if keep else None)
+            return rows[:, : self.dim], ((rows, n_missing, version) if keep else None)
 
     def push(self, ids: tf.Tensor, grads: tf.Tensor, step: tf.Tensor) -> None:
         """Apply the optimizer on each shard's device to the rows of unique `ids`.
@@ -540,22 +436,20 @@ class EmbeddingTable:
     ) -> None:
         d = self.dim
         with device_scope(shard.device):
-            pulled, n_filled, version, special = kept or (None, None, None, None)
-            if special is None:
-                special = has_reserved(ids)
+            pulled, n_filled, version = kept or (None, None, None)
             if pulled is not None and n_filled is not None and not self.admission.active:
                 # The pull's filled rows, unless the shard changed since the pull.
                 rows, n_missing = tf.cond(
                     tf.equal(shard.version.read_value(), version),
                     lambda: (tf.identity(pulled), tf.identity(n_filled)),
-                    lambda: self._filled(ids, shard.lookup_rows(ids, special)))
+                    lambda: self._filled(ids, shard.lookup_rows(ids)))
             else:
                 if pulled is not None and version is not None:
                     rows = tf.cond(tf.equal(shard.version.read_value(), version),
                                    lambda: tf.identity(pulled),
-                                   lambda: shard.lookup_rows(ids, special))
+                                   lambda: shard.lookup_rows(ids))
                 else:
-                    rows = shard.lookup_rows(ids, special)
+                    rows = shard.lookup_rows(ids)
                 if self.admission.active:
                     exists = last_steps(rows) >= 0
                     admitted = self._admit(shard, ids, exists, step)
@@ -563,11 +457,16 @@ class EmbeddingTable:
                     ids, grads, rows = (tf.boolean_mask(ids, keep), tf.boolean_mask(grads, keep),
                                         tf.boolean_mask(rows, keep))
                 rows, n_missing = self._filled(ids, rows)
-            n = tf.shape(ids)[0]
-            slots = [rows[:, d * (i + 1) : d * (i + 2)] for i in range(self.optimizer.num_slots)]
-            new_emb, new_slots = self.optimizer.update(rows[:, :d], slots, grads, step)
-            stamp = tf.fill([n, 1], tf.bitcast(tf.cast(step, tf.int32), tf.float32))
-            shard.insert_rows(ids, tf.concat([new_emb, *new_slots, stamp], 1), n_missing, special)
+            native_rule = self.optimizer.native_rule()
+            if native_rule is not None:
+                shard.apply_rows(ids, rows, grads, step, d, *native_rule)
+            else:
+                n = tf.shape(ids)[0]
+                slots = [rows[:, d * (i + 1) : d * (i + 2)]
+                         for i in range(self.optimizer.num_slots)]
+                new_emb, new_slots = self.optimizer.update(rows[:, :d], slots, grads, step)
+                stamp = tf.fill([n, 1], tf.bitcast(tf.cast(step, tf.int32), tf.float32))
+                shard.insert_rows(ids, tf.concat([new_emb, *new_slots, stamp], 1))
             shard.counters.scatter_nd_add([[0]], tf.cast(n_missing, tf.int64)[None])
 
     def _admit(
@@ -596,7 +495,7 @@ class EmbeddingTable:
         """Embeddings of any-shaped ids (duplicates allowed): unique, pull, gather."""
         ids = tf.convert_to_tensor(ids)
         flat = self.check_ids(tf.reshape(ids, [-1]))
-        unique, idx = tf.unique(flat)
+        unique, idx = native.unique(flat)
         emb = tf.gather(self.pull(unique, training=training), idx)
         return tf.reshape(emb, tf.concat([tf.shape(ids, out_type=tf.int32), [self.dim]], 0))
 

@@ -63,7 +63,7 @@ result.update(restored=restored, loss_before=before, loss_after=float(bce(labels
               shards={t.name: t.shard_sizes() for t in trainer.tables},
               # Where each shard's table and its own variables live (all on one ps task).
               placement=[[s.main.resource_handle.device,
-                          sorted({v.device for v in (s.buckets, s.dirty, s.counters, s.version)})]
+                          sorted({v.device for v in (s.counters, s.version)})]
                          for t in trainer.tables for s in t.shards])
 with open(params["out"] + ".json", "w") as f:
     json.dump(result, f)

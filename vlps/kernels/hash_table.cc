@@ -1,0 +1,575 @@
+// vlps's hash table: an open-addressing int64 -> float32[width] table for TensorFlow.
+//
+// It implements TensorFlow's LookupInterface, so the stock lookup ops (LookupTableFindV2,
+// InsertV2, RemoveV2, ExportV2, ImportV2, SizeV2) and the Python tf.lookup classes work on it;
+// only the table's creation op, VlpsHashTable, is new. What it does differently from
+// MutableDenseHashTable, TensorFlow's closest table:
+//  - Finds and the slot search of inserts run on the CPU worker threads, in blocks that issue
+//    the memory loads of the next ids ahead of time (software prefetch), so a large table's
+//    cache misses overlap instead of being paid one id after another.
+//  - A row is copied with memcpy, not element by element.
+//  - Linear probing with backward-shift deletion: a remove leaves no tombstone, so there is
+//    no deleted-key state (no reserved key but one: the empty marker, whose own id is kept in
+//    a slot beside the buckets, so every int64 id is usable) and a re-inserted key can never
+//    exist twice.
+//  - The table grows (doubles) only when the rows really present would pass the load factor,
+//    counting the new keys of an insert, not every key of the batch.
+// An insert replaces whole rows under the table's exclusive lock; finds and exports read
+// under its shared lock: a checkpoint's export sees each row either before or after an update.
+
+#include <algorithm>
+#include <cstdlib>
+#include <new>
+#include <atomic>
+#include <cstdint>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <memory>
+#include <vector>
+
+#include "tensorflow/core/framework/device_base.h"
+#include "tensorflow/core/framework/lookup_interface.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/kernels/lookup_table_op.h"
+#include "tensorflow/core/platform/mutex.h"
+#include "tensorflow/core/util/work_sharder.h"
+#include "vlps/kernels/mix.h"
+
+namespace vlps {
+
+using ::tensorflow::DataType;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::TensorShapeUtils;
+
+namespace {
+
+constexpr int64_t kEmpty = INT64_MIN;
+// How many ids ahead a block issues its loads.
+constexpr int64_t kAhead = 12;
+// Per-id cost for TensorFlow's work sharder (its unit is roughly a cycle): a cache miss or two.
+constexpr int64_t kCostPerId = 400;
+
+// murmur3's finaliser over the id xor a constant: independent of vlps.hashing.shard_of's
+// mix, so the ids of one shard do not share their low bits here.
+inline uint64_t Mix(uint64_t x) { return Murmur3Mix(x ^ 0x2545F4914F6CDD1DULL); }
+
+// The table's arrays: malloc'd, never initialised here (see Reset).
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+template <typename T>
+using Array = std::unique_ptr<T[], FreeDeleter>;
+
+template <typename T>
+Array<T> AllocateArray(int64_t n) {
+  void* p = std::malloc(std::max<size_t>(static_cast<size_t>(n) * sizeof(T), 1));
+  if (p == nullptr) throw std::bad_alloc();
+  return Array<T>(static_cast<T*>(p));
+}
+
+inline void PrefetchRow(const float* row, int64_t width) {
+  const char* p = reinterpret_cast<const char*>(row);
+  const int64_t bytes = width * static_cast<int64_t>(sizeof(float));
+  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off);
+}
+
+}  // namespace
+
+class HashTable : public ::tensorflow::lookup::LookupInterface {
+ public:
+  HashTable(OpKernelContext* ctx, OpKernel* kernel) {
+    OP_REQUIRES_OK(ctx, ::tensorflow::GetNodeAttr(kernel->def(), "value_shape", &value_shape_));
+    OP_REQUIRES(ctx, TensorShapeUtils::IsVector(value_shape_) && value_shape_.dim_size(0) > 0,
+                ::tensorflow::errors::InvalidArgument(
+                    "VlpsHashTable: value_shape must be a non-empty vector, got ",
+                    value_shape_.DebugString()));
+    width_ = value_shape_.dim_size(0);
+    int64_t buckets = 0;
+    OP_REQUIRES_OK(ctx, ::tensorflow::GetNodeAttr(kernel->def(), "initial_num_buckets", &buckets));
+    OP_REQUIRES_OK(ctx, ::tensorflow::GetNodeAttr(kernel->def(), "max_load_factor",
+                                                  &max_load_factor_));
+    OP_REQUIRES(ctx, max_load_factor_ > 0 && max_load_factor_ < 1,
+                ::tensorflow::errors::InvalidArgument(
+                    "VlpsHashTable: max_load_factor must be in (0, 1), got ", max_load_factor_));
+    OP_REQUIRES(ctx, buckets >= 2 && (buckets & (buckets - 1)) == 0,
+                ::tensorflow::errors::InvalidArgument(
+                    "VlpsHashTable: initial_num_buckets must be a power of two >= 2, got ",
+                    buckets));
+    mu_.lock();
+    Reset(buckets);
+    empty_row_.resize(width_);
+    mu_.unlock();
+  }
+
+  size_t size() const override {
+    ::tensorflow::tf_shared_lock l(mu_);
+    return static_cast<size_t>(size_ + (has_empty_key_ ? 1 : 0));
+  }
+
+  int64_t buckets() const {
+    ::tensorflow::tf_shared_lock l(mu_);
+    return capacity_;
+  }
+
+  int64_t MemoryUsed() const override {
+    ::tensorflow::tf_shared_lock l(mu_);
+    return capacity_ * static_cast<int64_t>(sizeof(int64_t) + width_ * sizeof(float));
+  }
+
+  DataType key_dtype() const override { return ::tensorflow::DT_INT64; }
+  DataType value_dtype() const override { return ::tensorflow::DT_FLOAT; }
+  TensorShape key_shape() const override { return TensorShape(); }
+  TensorShape value_shape() const override { return value_shape_; }
+
+  absl::Status Find(OpKernelContext* ctx, const Tensor& key, Tensor* value,
+                    const Tensor& default_value) override {
+    const int64_t n = key.NumElements();
+    if (n == 0) return absl::OkStatus();
+    if (default_value.NumElements() != width_) {
+      return ::tensorflow::errors::InvalidArgument(
+          "VlpsHashTable: the default value must have ", width_, " elements, got ",
+          default_value.NumElements());
+    }
+    const int64_t* ids = key.flat<int64_t>().data();
+    float* out = value->flat<float>().data();
+    const float* dflt = default_value.flat<float>().data();
+    const size_t row_bytes = width_ * sizeof(float);
+    ::tensorflow::tf_shared_lock l(mu_);
+    ForBlocks(ctx, n, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> slot(end - begin);
+      Locate(ids, begin, end, slot.data());
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t ahead = i + kAhead;
+        if (ahead < end && slot[ahead - begin] >= 0)
+          PrefetchRow(rows_.get() + slot[ahead - begin] * width_, width_);
+        std::memcpy(out + i * width_, RowOf(slot[i - begin], dflt), row_bytes);
+      }
+    });
+    return absl::OkStatus();
+  }
+
+  absl::Status Insert(OpKernelContext* ctx, const Tensor& keys, const Tensor& values) override {
+    const int64_t n = keys.NumElements();
+    if (n == 0) return absl::OkStatus();
+    const int64_t* ids = keys.flat<int64_t>().data();
+    const float* rows = values.flat<float>().data();
+    ::tensorflow::mutex_lock l(mu_);
+    return InsertLocked(ctx, ids, rows, n);
+  }
+
+  // One optimizer step on whole rows, written straight into the table: row i of `rows` (the
+  // id's current row as the caller pulled it, or its initial row for a new id) updated with
+  // `grads` row i, stamped with `step`. The same arithmetic, in the same order, as the rule's
+  // TensorFlow ops in vlps/optimizers.py, without the slices, concatenation and copy of the
+  // row that the unfused push pays. Layout: [embedding (dim) | slots (dim each) | step].
+  enum class Rule { kSgd, kAdagrad };
+  absl::Status Apply(OpKernelContext* ctx, const Tensor& keys, const Tensor& rows,
+                     const Tensor& grads, int64_t step, Rule rule, float lr, float epsilon,
+                     int64_t dim) {
+    const int64_t n = keys.NumElements();
+    const int64_t slots = rule == Rule::kAdagrad ? 1 : 0;
+    if (width_ != dim * (1 + slots) + 1)
+      return ::tensorflow::errors::InvalidArgument(
+          "VlpsHashTableApply: rows of width ", width_, " do not fit dim ", dim, " with ",
+          slots, " slot(s) and a step");
+    if (rows.NumElements() != n * width_ || grads.NumElements() != n * dim)
+      return ::tensorflow::errors::InvalidArgument(
+          "VlpsHashTableApply: ", n, " ids need ", n, "x", width_, " rows and ", n, "x", dim,
+          " gradients, got ", rows.shape().DebugString(), " and ", grads.shape().DebugString());
+    if (n == 0) return absl::OkStatus();
+    const int64_t* ids = keys.flat<int64_t>().data();
+    const float* in = rows.flat<float>().data();
+    const float* g = grads.flat<float>().data();
+    const int32_t step32 = static_cast<int32_t>(step);
+    float stamp;
+    std::memcpy(&stamp, &step32, sizeof(stamp));
+    const int64_t width = width_;
+    ::tensorflow::mutex_lock l(mu_);
+    if (rule == Rule::kSgd) {
+      return WriteLocked(ctx, ids, n, [=](int64_t i, float* __restrict dst) {
+        const float* __restrict r = in + i * width;
+        const float* __restrict gi = g + i * dim;
+        for (int64_t j = 0; j < dim; ++j) dst[j] = r[j] - lr * gi[j];
+        dst[dim] = stamp;
+      });
+    }
+    return WriteLocked(ctx, ids, n, [=](int64_t i, float* __restrict dst) {
+      const float* __restrict r = in + i * width;
+      const float* __restrict gi = g + i * dim;
+      for (int64_t j = 0; j < dim; ++j) {
+        const float accum = r[dim + j] + gi[j] * gi[j];
+        dst[j] = r[j] - (lr * gi[j]) / std::sqrt(accum + epsilon);
+        dst[dim + j] = accum;
+      }
+      dst[2 * dim] = stamp;
+    });
+  }
+
+  absl::Status Remove(OpKernelContext* ctx, const Tensor& keys) override {
+    const int64_t n = keys.NumElements();
+    const int64_t* ids = keys.flat<int64_t>().data();
+    ::tensorflow::mutex_lock l(mu_);
+    for (int64_t i = 0; i < n; ++i) {
+      if (ids[i] == kEmpty) {
+        has_empty_key_ = false;
+        continue;
+      }
+      const int64_t s = Probe(ids[i]);
+      if (s >= 0) Erase(s);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ExportValues(OpKernelContext* ctx) override {
+    ::tensorflow::tf_shared_lock l(mu_);
+    const int64_t total = size_ + (has_empty_key_ ? 1 : 0);
+    Tensor* keys;
+    Tensor* values;
+    TF_RETURN_IF_ERROR(ctx->allocate_output("keys", TensorShape({total}), &keys));
+    TF_RETURN_IF_ERROR(ctx->allocate_output("values", TensorShape({total, width_}), &values));
+    int64_t* k = keys->flat<int64_t>().data();
+    float* v = values->flat<float>().data();
+    const size_t row_bytes = width_ * sizeof(float);
+    int64_t j = 0;
+    for (int64_t s = 0; s < capacity_; ++s) {
+      if (keys_[s] == kEmpty) continue;
+      k[j] = keys_[s];
+      std::memcpy(v + j * width_, rows_.get() + s * width_, row_bytes);
+      ++j;
+    }
+    if (has_empty_key_) {
+      k[j] = kEmpty;
+      std::memcpy(v + j * width_, empty_row_.data(), row_bytes);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status ImportValues(OpKernelContext* ctx, const Tensor& keys,
+                            const Tensor& values) override {
+    ::tensorflow::mutex_lock l(mu_);
+    std::fill(keys_.get(), keys_.get() + capacity_, kEmpty);
+    size_ = 0;
+    has_empty_key_ = false;
+    const int64_t n = keys.NumElements();
+    if (n == 0) return absl::OkStatus();
+    return InsertLocked(ctx, keys.flat<int64_t>().data(), values.flat<float>().data(), n);
+  }
+
+ private:
+  // Fresh, empty buckets. Rows are left uninitialised: a bucket's row is read only once its
+  // key is set, and pages never touched cost no resident memory.
+  void Reset(int64_t buckets) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    keys_ = AllocateArray<int64_t>(buckets);
+    std::fill(keys_.get(), keys_.get() + buckets, kEmpty);
+    rows_ = AllocateArray<float>(buckets * width_);
+    capacity_ = buckets;
+    size_ = 0;
+  }
+
+  // Runs fn over [0, n) in blocks on the device's CPU worker threads.
+  template <typename Fn>
+  void ForBlocks(OpKernelContext* ctx, int64_t n, Fn&& fn) const {
+    const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+    ::tensorflow::Shard(workers->num_threads, workers->workers, n, kCostPerId,
+                        [&fn](int64_t begin, int64_t end) { fn(begin, end); });
+  }
+
+  const float* RowOf(int64_t slot, const float* dflt) const {
+    if (slot >= 0) return rows_.get() + slot * width_;
+    if (slot == kEmptyKeySlot) return empty_row_.data();
+    return dflt;
+  }
+
+  // The bucket of `id`, kMissing if absent, kEmptyKeySlot for the empty marker's own id.
+  int64_t Probe(int64_t id) const {
+    if (id == kEmpty) return has_empty_key_ ? kEmptyKeySlot : kMissing;
+    const int64_t mask = capacity_ - 1;
+    for (int64_t s = static_cast<int64_t>(Mix(id)) & mask;; s = (s + 1) & mask) {
+      const int64_t k = keys_[s];
+      if (k == id) return s;
+      if (k == kEmpty) return kMissing;
+    }
+  }
+
+  // Probe() for ids[begin, end) into slot[], loading the home buckets kAhead ids ahead.
+  void Locate(const int64_t* ids, int64_t begin, int64_t end, int64_t* slot) const {
+    const int64_t mask = capacity_ - 1;
+    const int64_t warm = std::min(end, begin + kAhead);
+    for (int64_t i = begin; i < warm; ++i)
+      __builtin_prefetch(keys_.get() + (static_cast<int64_t>(Mix(ids[i])) & mask));
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t ahead = i + kAhead;
+      if (ahead < end)
+        __builtin_prefetch(keys_.get() + (static_cast<int64_t>(Mix(ids[ahead])) & mask));
+      slot[i - begin] = Probe(ids[i]);
+    }
+  }
+
+  // Places `id` (absent from the table) in its first empty bucket; returns the bucket.
+  int64_t Place(int64_t id) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const int64_t mask = capacity_ - 1;
+    int64_t s = static_cast<int64_t>(Mix(id)) & mask;
+    while (keys_[s] != kEmpty) s = (s + 1) & mask;
+    keys_[s] = id;
+    ++size_;
+    return s;
+  }
+
+  // Backward-shift deletion: later entries of the probe run move up into the hole, so no
+  // tombstone is left and every run stays contiguous from its home bucket.
+  void Erase(int64_t hole) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const int64_t mask = capacity_ - 1;
+    const size_t row_bytes = width_ * sizeof(float);
+    int64_t j = hole;
+    for (;;) {
+      j = (j + 1) & mask;
+      const int64_t k = keys_[j];
+      if (k == kEmpty) break;
+      const int64_t home = static_cast<int64_t>(Mix(k)) & mask;
+      // Can the entry at j move to the hole? Only if its home is not in (hole, j] cyclically.
+      const bool stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
+      if (stays) continue;
+      keys_[hole] = k;
+      std::memcpy(rows_.get() + hole * width_, rows_.get() + j * width_, row_bytes);
+      hole = j;
+    }
+    keys_[hole] = kEmpty;
+    --size_;
+  }
+
+  // Doubles the buckets until `rows_needed` rows fit under the load factor. The keys are
+  // placed in one pass (loading each key's new home bucket ahead); the rows, the bulk of the
+  // bytes, are then copied on the worker threads.
+  void Grow(OpKernelContext* ctx, int64_t rows_needed) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    int64_t buckets = capacity_;
+    while (static_cast<double>(rows_needed) > static_cast<double>(buckets) * max_load_factor_)
+      buckets *= 2;
+    if (buckets == capacity_) return;
+    Array<int64_t> old_keys = std::move(keys_);
+    Array<float> old_rows = std::move(rows_);
+    const int64_t old_capacity = capacity_;
+    const int64_t live = size_;
+    Reset(buckets);
+    const int64_t mask = capacity_ - 1;
+    std::vector<int64_t> from, to;
+    from.reserve(live);
+    to.reserve(live);
+    for (int64_t s = 0; s < old_capacity; ++s)
+      if (old_keys[s] != kEmpty) from.push_back(s);
+    const int64_t n = static_cast<int64_t>(from.size());
+    for (int64_t i = 0; i < n; ++i) {
+      if (i + kAhead < n)
+        __builtin_prefetch(keys_.get() +
+                           (static_cast<int64_t>(Mix(old_keys[from[i + kAhead]])) & mask));
+      to.push_back(Place(old_keys[from[i]]));
+    }
+    const size_t row_bytes = width_ * sizeof(float);
+    ForBlocks(ctx, n, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        if (i + kAhead < end) PrefetchRow(rows_.get() + to[i + kAhead] * width_, width_);
+        std::memcpy(rows_.get() + to[i] * width_, old_rows.get() + from[i] * width_,
+                    row_bytes);
+      }
+    });
+  }
+
+  absl::Status InsertLocked(OpKernelContext* ctx, const int64_t* ids, const float* rows,
+                            int64_t n) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const size_t row_bytes = width_ * sizeof(float);
+    return WriteLocked(ctx, ids, n, [rows, row_bytes, this](int64_t i, float* dst) {
+      std::memcpy(dst, rows + i * width_, row_bytes);
+    });
+  }
+
+  // Writes row i of a batch of `n` ids with write(i, destination): the id's row, a new bucket
+  // for a new id. Repeated ids: the last write wins.
+  template <typename Write>
+  absl::Status WriteLocked(OpKernelContext* ctx, const int64_t* ids, int64_t n,
+                           const Write& write) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    // 1. Where each id already is (in parallel: the lock is held exclusively, nothing moves).
+    std::vector<int64_t> slot(n);
+    ForBlocks(ctx, n, [&](int64_t begin, int64_t end) {
+      Locate(ids, begin, end, slot.data() + begin);
+    });
+    int64_t absent = 0;
+    for (int64_t i = 0; i < n; ++i) absent += (slot[i] == kMissing) ? 1 : 0;
+    // 2. Grow for the rows that are really new (a batch's repeated new id counts twice here:
+    //    an upper bound), then find the slots again if the buckets moved.
+    if (absent > 0 && static_cast<double>(size_ + absent) >
+                          static_cast<double>(capacity_) * max_load_factor_) {
+      Grow(ctx, size_ + absent);
+      ForBlocks(ctx, n, [&](int64_t begin, int64_t end) {
+        Locate(ids, begin, end, slot.data() + begin);
+      });
+    }
+    // 3. Place the new ids in order. An id repeated in the batch is placed once; its later
+    //    rows must then be written after the earlier ones, so such a batch copies in order.
+    bool repeated = false;
+    for (int64_t i = 0; i < n; ++i) {
+      if (slot[i] != kMissing) continue;
+      if (ids[i] == kEmpty) {
+        has_empty_key_ = true;
+        slot[i] = kEmptyKeySlot;
+        continue;
+      }
+      const int64_t again = Probe(ids[i]);
+      if (again != kMissing) {
+        repeated = true;
+        slot[i] = again;
+      } else {
+        slot[i] = Place(ids[i]);
+      }
+    }
+    // 4. Write the rows.
+    auto copy = [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t ahead = i + kAhead;
+        if (ahead < end && slot[ahead] >= 0)
+          PrefetchRow(rows_.get() + slot[ahead] * width_, width_);
+        write(i, slot[i] >= 0 ? rows_.get() + slot[i] * width_ : empty_row_.data());
+      }
+    };
+    // The empty marker's row is a single buffer: copy it in order too if it appears.
+    bool marker = false;
+    for (int64_t i = 0; i < n && !marker; ++i) marker = slot[i] == kEmptyKeySlot;
+    if (repeated || marker) {
+      copy(0, n);
+    } else {
+      ForBlocks(ctx, n, copy);
+    }
+    return absl::OkStatus();
+  }
+
+  static constexpr int64_t kMissing = -1;
+  static constexpr int64_t kEmptyKeySlot = -2;
+
+  mutable ::tensorflow::mutex mu_;
+  TensorShape value_shape_;
+  int64_t width_ = 0;
+  float max_load_factor_ = 0.8f;
+  int64_t capacity_ TF_GUARDED_BY(mu_) = 0;
+  int64_t size_ TF_GUARDED_BY(mu_) = 0;
+  Array<int64_t> keys_ TF_GUARDED_BY(mu_);
+  Array<float> rows_ TF_GUARDED_BY(mu_);
+  bool has_empty_key_ TF_GUARDED_BY(mu_) = false;
+  std::vector<float> empty_row_ TF_GUARDED_BY(mu_);
+};
+
+REGISTER_OP("VlpsHashTable")
+    .Output("table_handle: resource")
+    .Attr("container: string = ''")
+    .Attr("shared_name: string = ''")
+    .Attr("use_node_name_sharing: bool = false")
+    .Attr("key_dtype: {int64}")
+    .Attr("value_dtype: {float}")
+    .Attr("value_shape: shape")
+    .Attr("initial_num_buckets: int = 1024")
+    .Attr("max_load_factor: float = 0.8")
+    .SetIsStateful()
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      // As TensorFlow's own mutable tables: the handle carries the key and value shapes, so
+      // LookupTableFindV2 infers [n, width] for its output.
+      DataType key_t, value_t;
+      ::tensorflow::PartialTensorShape value_p;
+      TF_RETURN_IF_ERROR(c->GetAttr("key_dtype", &key_t));
+      TF_RETURN_IF_ERROR(c->GetAttr("value_dtype", &value_t));
+      TF_RETURN_IF_ERROR(c->GetAttr("value_shape", &value_p));
+      ::tensorflow::shape_inference::ShapeHandle value_s;
+      TF_RETURN_IF_ERROR(c->MakeShapeFromPartialTensorShape(value_p, &value_s));
+      c->set_output_handle_shapes_and_types(
+          0, std::vector<::tensorflow::shape_inference::ShapeAndType>{{c->Scalar(), key_t},
+                                                                      {value_s, value_t}});
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("VlpsHashTable")
+                            .Device(::tensorflow::DEVICE_CPU)
+                            .TypeConstraint<int64_t>("key_dtype")
+                            .TypeConstraint<float>("value_dtype"),
+                        ::tensorflow::LookupTableOp<HashTable, int64_t, float>);
+
+absl::Status GetHashTable(OpKernelContext* ctx, HashTable** out) {
+  ::tensorflow::lookup::LookupInterface* table;
+  TF_RETURN_IF_ERROR(::tensorflow::lookup::GetResourceLookupTable("table_handle", ctx, &table));
+  *out = dynamic_cast<HashTable*>(table);
+  if (*out == nullptr) {
+    table->Unref();
+    return ::tensorflow::errors::InvalidArgument("the table handle is not a VlpsHashTable");
+  }
+  return absl::OkStatus();
+}
+
+class HashTableApplyOp : public OpKernel {
+ public:
+  explicit HashTableApplyOp(::tensorflow::OpKernelConstruction* ctx) : OpKernel(ctx) {
+    std::string rule;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("rule", &rule));
+    rule_ = rule == "sgd" ? HashTable::Rule::kSgd : HashTable::Rule::kAdagrad;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("learning_rate", &lr_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("dim", &dim_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    HashTable* table;
+    OP_REQUIRES_OK(ctx, GetHashTable(ctx, &table));
+    ::tensorflow::core::ScopedUnref unref(table);
+    OP_REQUIRES_OK(ctx, table->Apply(ctx, ctx->input(1), ctx->input(2), ctx->input(3),
+                                     ctx->input(4).scalar<int64_t>()(), rule_, lr_, epsilon_,
+                                     dim_));
+  }
+
+ private:
+  HashTable::Rule rule_;
+  float lr_ = 0;
+  float epsilon_ = 0;
+  int64_t dim_ = 0;
+};
+
+REGISTER_OP("VlpsHashTableApply")
+    .Input("table_handle: resource")
+    .Input("keys: int64")
+    .Input("rows: float")
+    .Input("grads: float")
+    .Input("step: int64")
+    .Attr("rule: {'sgd', 'adagrad'}")
+    .Attr("learning_rate: float")
+    .Attr("epsilon: float = 0")
+    .Attr("dim: int")
+    .SetIsStateful()
+    .SetShapeFn(::tensorflow::shape_inference::NoOutputs);
+
+REGISTER_KERNEL_BUILDER(Name("VlpsHashTableApply").Device(::tensorflow::DEVICE_CPU),
+                        HashTableApplyOp);
+
+// The number of buckets of a VlpsHashTable: its memory, which the lookup ops do not expose.
+class HashTableBucketsOp : public OpKernel {
+ public:
+  explicit HashTableBucketsOp(::tensorflow::OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    HashTable* mine;
+    OP_REQUIRES_OK(ctx, GetHashTable(ctx, &mine));
+    ::tensorflow::core::ScopedUnref unref(mine);
+    Tensor* out;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
+    out->scalar<int64_t>()() = mine->buckets();
+  }
+};
+
+REGISTER_OP("VlpsHashTableBuckets")
+    .Input("table_handle: resource")
+    .Output("buckets: int64")
+    .SetShapeFn(::tensorflow::shape_inference::ScalarShape);
+
+REGISTER_KERNEL_BUILDER(Name("VlpsHashTableBuckets").Device(::tensorflow::DEVICE_CPU),
+                        HashTableBucketsOp);
+
+}  // namespace vlps
