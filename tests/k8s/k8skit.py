@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from kubespawner.slugs import safe_slug
@@ -26,6 +27,15 @@ def pv(k8s: Cluster, user: str, name: str | None = None) -> None:
                  "storageClassName": "manual", "hostPath": {"path": f"/srv/homes/{slug}"},
                  "persistentVolumeReclaimPolicy": "Retain"},
     })
+    # The PV controller marks a new volume Available once it has seen it; a claim made before
+    # that finds no volume, and the controller then looks only every 15 s (a spawn timed out so).
+    path = f"/api/v1/persistentvolumes/{name or f'pv-{slug}'}"
+    deadline = time.monotonic() + 60
+    while (phase := k8s.request("GET", path).get("status", {}).get("phase")) != "Available":
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} is still {phase!r} after 60 s: is the controller-manager "
+                               "running (its log is in the cluster's run dir)?")
+        time.sleep(0.1)
 
 
 HOME = {"storage_selector": {"matchLabels": {"mlp-home": "{username}"}}}
