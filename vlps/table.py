@@ -545,22 +545,12 @@ def _evict_shard(shard: _Shard, step: tf.Tensor, ttl: tf.Tensor, cap: tf.Tensor)
 
 def _evict_graph(shard: _Shard, step: tf.Tensor, ttl: tf.Tensor, cap: tf.Tensor):
     with device_scope(shard.device):
-        keys, rows = shard.export_rows()
-        last = tf.cast(last_steps(rows), tf.int64)
-        stale = (ttl > 0) & (last < step - ttl)
-        stale_keys = tf.boolean_mask(keys, stale)
-        live_keys = tf.boolean_mask(keys, ~stale)
-        live_last = tf.boolean_mask(last, ~stale)
-        excess = tf.maximum(tf.cast(tf.size(live_keys), tf.int64) - cap, 0)
-        excess = tf.where(cap > 0, excess, tf.zeros_like(excess))
-        # Oldest first: top_k of the negated step; ties broken by position (deterministic).
-        _, oldest = tf.math.top_k(-live_last, k=tf.cast(excess, tf.int32), sorted=True)
-        cap_keys = tf.gather(live_keys, oldest)
-        gone = tf.concat([stale_keys, cap_keys], 0)
-        shard.remove_rows(gone)
+        # In the kernel, in place: rows older than the TTL, then the oldest of the rest above
+        # the cap (ties broken by export order: deterministic), removed under the table's lock.
+        shard.version.assign_add(1)
+        gone, n_ttl, n_cap = native.ops().vlps_hash_table_evict(
+            shard.main.resource_handle, step, ttl, cap)
         shard.tombstones.insert(gone, tf.fill(tf.shape(gone), step))
-        n_ttl = tf.cast(tf.size(stale_keys), tf.int64)
-        n_cap = tf.cast(tf.size(cap_keys), tf.int64)
         shard.counters.scatter_nd_add([[2], [3]], tf.stack([n_ttl, n_cap]))
         # Candidates that were not seen within the TTL are forgotten too.
         ckeys, cvals = shard.candidates.export()

@@ -178,3 +178,29 @@ def test_vlps_unique_equals_tf_unique(ids) -> None:
         np.testing.assert_array_equal(y.numpy(), want_y.numpy())
         np.testing.assert_array_equal(idx.numpy(), want_idx.numpy())
         assert idx.dtype == tf.int32
+
+
+@pytest.mark.parametrize("ttl,cap", [(0, 0), (5, 0), (0, 30), (5, 30), (5, 500)])
+def test_eviction_in_the_kernel_chooses_what_export_and_top_k_would(ttl: int, cap: int) -> None:
+    """Stale rows (last step < step - ttl), then the oldest rows above the cap, ties broken by
+    export order; the ids removed, the rest untouched."""
+    table = vlps.EmbeddingTable(f"ev{ttl}_{cap}", 2, optimizer=vlps.SGD(0.1), num_shards=1)
+    rng = np.random.default_rng(7)
+    ids = np.unique(rng.integers(-500, 500, 120)).astype(np.int64)
+    ids[0] = INT64_MIN  # the empty marker's own id takes part too
+    for step in range(1, 11):  # rows last updated at steps 1..10, many ties
+        part = ids[rng.random(len(ids)) < 0.3] if step > 1 else ids
+        table.push(tf.constant(part), tf.ones([len(part), 2]), step)
+    keys, rows = (t.numpy() for t in table.shards[0].export_rows())
+    last = rows[:, -1].copy().view(np.int32).astype(np.int64)
+    stale = (last < 12 - ttl) if ttl > 0 else np.zeros(len(keys), bool)
+    order = np.lexsort((np.arange(len(keys))[~stale], last[~stale]))  # by step, then position
+    excess = max(int((~stale).sum()) - cap, 0) if cap > 0 else 0
+    want = list(keys[stale]) + list(keys[~stale][order[:excess]])
+    table.eviction = vlps.Eviction(max_rows_per_shard=cap or None)
+    removed = table.evict(12, ttl_steps=ttl or None)
+    assert removed == {"evicted_ttl": int(stale.sum()), "evicted_cap": excess}
+    left = set(table.shards[0].export_rows()[0].numpy().tolist())
+    assert left == set(keys.tolist()) - set(np.asarray(want).tolist())
+    gone = table.shards[0].tombstones.export()[0].numpy().tolist()
+    assert sorted(gone) == sorted(np.asarray(want).tolist())

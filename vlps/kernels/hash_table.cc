@@ -211,6 +211,52 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
     });
   }
 
+  // Eviction in place: the ids of rows last updated before step - ttl (ttl > 0), then, while
+  // more than `cap` rows remain (cap > 0), the least recently updated of the rest (ties: the
+  // earlier in export order), oldest first; all of them removed. The same choice as exporting
+  // the rows and selecting with top_k, without copying the table. The step is the row's last
+  // float, an int32 bit-cast.
+  void Evict(int64_t step, int64_t ttl, int64_t cap, std::vector<int64_t>* gone,
+             int64_t* n_ttl, int64_t* n_cap) {
+    ::tensorflow::mutex_lock l(mu_);
+    struct Live {
+      int32_t last;
+      int64_t position;
+      int64_t key;
+    };
+    std::vector<Live> live;
+    live.reserve(size_);
+    auto visit = [&](int64_t key, const float* row, int64_t position) {
+      int32_t last;
+      std::memcpy(&last, row + width_ - 1, sizeof(last));
+      if (ttl > 0 && last < step - ttl) {
+        gone->push_back(key);
+      } else {
+        live.push_back({last, position, key});
+      }
+    };
+    for (int64_t s = 0; s < capacity_; ++s)
+      if (keys_[s] != kEmpty) visit(keys_[s], rows_.get() + s * width_, s);
+    if (has_empty_key_) visit(kEmpty, empty_row_.data(), capacity_);
+    *n_ttl = static_cast<int64_t>(gone->size());
+    const int64_t excess =
+        cap > 0 ? std::max<int64_t>(static_cast<int64_t>(live.size()) - cap, 0) : 0;
+    auto older = [](const Live& a, const Live& b) {
+      return a.last != b.last ? a.last < b.last : a.position < b.position;
+    };
+    std::partial_sort(live.begin(), live.begin() + excess, live.end(), older);
+    for (int64_t i = 0; i < excess; ++i) gone->push_back(live[i].key);
+    *n_cap = excess;
+    for (int64_t key : *gone) {
+      if (key == kEmpty) {
+        has_empty_key_ = false;
+        continue;
+      }
+      const int64_t s = Probe(key);
+      if (s >= 0) Erase(s);
+    }
+  }
+
   absl::Status Remove(OpKernelContext* ctx, const Tensor& keys) override {
     const int64_t n = keys.NumElements();
     const int64_t* ids = keys.flat<int64_t>().data();
@@ -548,6 +594,50 @@ REGISTER_OP("VlpsHashTableApply")
 
 REGISTER_KERNEL_BUILDER(Name("VlpsHashTableApply").Device(::tensorflow::DEVICE_CPU),
                         HashTableApplyOp);
+
+class HashTableEvictOp : public OpKernel {
+ public:
+  explicit HashTableEvictOp(::tensorflow::OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    HashTable* table;
+    OP_REQUIRES_OK(ctx, GetHashTable(ctx, &table));
+    ::tensorflow::core::ScopedUnref unref(table);
+    std::vector<int64_t> gone;
+    int64_t n_ttl = 0, n_cap = 0;
+    table->Evict(ctx->input(1).scalar<int64_t>()(), ctx->input(2).scalar<int64_t>()(),
+                 ctx->input(3).scalar<int64_t>()(), &gone, &n_ttl, &n_cap);
+    Tensor* keys;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(
+                            0, TensorShape({static_cast<int64_t>(gone.size())}), &keys));
+    if (!gone.empty())
+      std::memcpy(keys->flat<int64_t>().data(), gone.data(), gone.size() * sizeof(int64_t));
+    Tensor* t;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &t));
+    t->scalar<int64_t>()() = n_ttl;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({}), &t));
+    t->scalar<int64_t>()() = n_cap;
+  }
+};
+
+REGISTER_OP("VlpsHashTableEvict")
+    .Input("table_handle: resource")
+    .Input("step: int64")
+    .Input("ttl: int64")
+    .Input("cap: int64")
+    .Output("keys: int64")
+    .Output("n_ttl: int64")
+    .Output("n_cap: int64")
+    .SetIsStateful()
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      c->set_output(0, c->Vector(::tensorflow::shape_inference::InferenceContext::kUnknownDim));
+      c->set_output(1, c->Scalar());
+      c->set_output(2, c->Scalar());
+      return absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("VlpsHashTableEvict").Device(::tensorflow::DEVICE_CPU),
+                        HashTableEvictOp);
 
 // The number of buckets of a VlpsHashTable: its memory, which the lookup ops do not expose.
 class HashTableBucketsOp : public OpKernel {
