@@ -27,11 +27,11 @@ def pv(k8s: Cluster, user: str, name: str | None = None) -> None:
                  "storageClassName": "manual", "hostPath": {"path": f"/srv/homes/{slug}"},
                  "persistentVolumeReclaimPolicy": "Retain"},
     })
-    # The PV controller marks a new volume Available once it has seen it; a claim made before
+    # The PV controller gives a new volume a phase (Available) once it has seen it; a claim made before
     # that finds no volume, and the controller then looks only every 15 s (a spawn timed out so).
     path = f"/api/v1/persistentvolumes/{name or f'pv-{slug}'}"
     deadline = time.monotonic() + 60
-    while (phase := k8s.request("GET", path).get("status", {}).get("phase")) != "Available":
+    while (phase := k8s.request("GET", path).get("status", {}).get("phase")) in (None, "Pending"):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} is still {phase!r} after 60 s: is the controller-manager "
                                "running (its log is in the cluster's run dir)?")
