@@ -161,13 +161,11 @@ def case_ceiling(args: argparse.Namespace, input_grad: bool = False) -> None:
                 tape.watch([fixed_emb, fixed_wide])
             loss = bce(labels, model([fixed_emb, fixed_wide, features["num"]], training=True))
         vs = list(model.trainable_variables)
-        if not input_grad:
-            opt.apply_dense(list(zip(tape.gradient(loss, vs), vs, strict=True)), s)
-            return loss
-        *gs, g_emb, g_wide = tape.gradient(loss, [*vs, fixed_emb, fixed_wide])
-        opt.apply_dense(list(zip(gs, vs, strict=True)), s)
-        # Returned (a corner of each) so that the graph keeps computing them.
-        return loss + 0.0 * (g_emb[0, 0, 0] + g_wide[0, 0, 0])
+        fixed = [fixed_emb, fixed_wide] if input_grad else []
+        grads = tape.gradient(loss, [*vs, *fixed])
+        opt.apply_dense(list(zip(grads[: len(vs)], vs, strict=True)), s)
+        # The input gradients are returned (a corner of each) so the graph keeps computing them.
+        return loss + 0.0 * tf.add_n([g[0, 0, 0] for g in grads[len(vs):]] + [0.0])
 
     ctr_common.serve(loop(step_fn, iter(dataset(args))), args.warm,
                      lambda: {"steps": int(step.numpy()), "auc": None, "bytes": 0,

@@ -14,6 +14,13 @@ fi
 command -v npm >/dev/null || { echo "install: npm (Node.js >= 18) is required for the proxy" >&2; exit 1; }
 command -v git >/dev/null || echo "install: warning: git not found; jobs with git sources will fail" >&2
 
+# Debian packages, as root only; a stale package index is refreshed once on failure.
+can_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; }
+apt_install() {
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null; }
+}
+
 if [ ! -x .venv/bin/python ]; then
   echo "install: creating .venv"
   "$PYTHON" -m venv .venv
@@ -37,10 +44,9 @@ fi
 # vlps's hash-table kernel (vlps/kernels/, C++ against the installed TensorFlow); a no-op when
 # this build exists. Built here, by the installing account: users' kernels cannot write here.
 command -v g++ >/dev/null || command -v c++ >/dev/null || [ -n "${CXX:-}" ] || {
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  if can_apt; then
     echo "install: g++ (apt) for vlps's kernel"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q g++ >/dev/null \
-      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q g++ >/dev/null; }
+    apt_install g++
   else
     echo "install: a C++ compiler (g++) is required to build vlps's kernel" >&2; exit 1
   fi
@@ -53,10 +59,9 @@ TF_CPP_MIN_LOG_LEVEL=3 .venv/bin/python -c 'import vlps.native as n; n.build()'
 if [[ ",$extras," == *",test,"* ]]; then
   # The browser tests drive Debian's Chromium through Playwright (never Playwright's own builds).
   if [ ! -x /usr/bin/chromium ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    if can_apt; then
       echo "install: chromium (apt) for the browser tests"
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
-        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+      apt_install chromium
     else
       echo "install: warning: /usr/bin/chromium is missing; the browser tests will fail until" \
         "it is installed (as root: apt-get install chromium)" >&2

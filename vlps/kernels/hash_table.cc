@@ -20,7 +20,6 @@
 #include <algorithm>
 #include <cstdlib>
 #include <new>
-#include <atomic>
 #include <cstdint>
 #include <cmath>
 #include <cstring>
@@ -90,6 +89,7 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
                     "VlpsHashTable: value_shape must be a non-empty vector, got ",
                     value_shape_.DebugString()));
     width_ = value_shape_.dim_size(0);
+    row_bytes_ = width_ * sizeof(float);
     int64_t buckets = 0;
     OP_REQUIRES_OK(ctx, ::tensorflow::GetNodeAttr(kernel->def(), "initial_num_buckets", &buckets));
     OP_REQUIRES_OK(ctx, ::tensorflow::GetNodeAttr(kernel->def(), "max_load_factor",
@@ -139,7 +139,6 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
     const int64_t* ids = key.flat<int64_t>().data();
     float* out = value->flat<float>().data();
     const float* dflt = default_value.flat<float>().data();
-    const size_t row_bytes = width_ * sizeof(float);
     ::tensorflow::tf_shared_lock l(mu_);
     ForBlocks(ctx, n, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> slot(end - begin);
@@ -148,7 +147,7 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
         const int64_t ahead = i + kAhead;
         if (ahead < end && slot[ahead - begin] >= 0)
           PrefetchRow(rows_.get() + slot[ahead - begin] * width_, width_);
-        std::memcpy(out + i * width_, RowOf(slot[i - begin], dflt), row_bytes);
+        std::memcpy(out + i * width_, RowOf(slot[i - begin], dflt), row_bytes_);
       }
     });
     return absl::OkStatus();
@@ -281,17 +280,16 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
     TF_RETURN_IF_ERROR(ctx->allocate_output("values", TensorShape({total, width_}), &values));
     int64_t* k = keys->flat<int64_t>().data();
     float* v = values->flat<float>().data();
-    const size_t row_bytes = width_ * sizeof(float);
     int64_t j = 0;
     for (int64_t s = 0; s < capacity_; ++s) {
       if (keys_[s] == kEmpty) continue;
       k[j] = keys_[s];
-      std::memcpy(v + j * width_, rows_.get() + s * width_, row_bytes);
+      std::memcpy(v + j * width_, rows_.get() + s * width_, row_bytes_);
       ++j;
     }
     if (has_empty_key_) {
       k[j] = kEmpty;
-      std::memcpy(v + j * width_, empty_row_.data(), row_bytes);
+      std::memcpy(v + j * width_, empty_row_.data(), row_bytes_);
     }
     return absl::OkStatus();
   }
@@ -371,7 +369,6 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
   // tombstone is left and every run stays contiguous from its home bucket.
   void Erase(int64_t hole) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const int64_t mask = capacity_ - 1;
-    const size_t row_bytes = width_ * sizeof(float);
     int64_t j = hole;
     for (;;) {
       j = (j + 1) & mask;
@@ -382,7 +379,7 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
       const bool stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
       if (stays) continue;
       keys_[hole] = k;
-      std::memcpy(rows_.get() + hole * width_, rows_.get() + j * width_, row_bytes);
+      std::memcpy(rows_.get() + hole * width_, rows_.get() + j * width_, row_bytes_);
       hole = j;
     }
     keys_[hole] = kEmpty;
@@ -415,21 +412,19 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
                            (static_cast<int64_t>(Mix(old_keys[from[i + kAhead]])) & mask));
       to.push_back(Place(old_keys[from[i]]));
     }
-    const size_t row_bytes = width_ * sizeof(float);
     ForBlocks(ctx, n, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         if (i + kAhead < end) PrefetchRow(rows_.get() + to[i + kAhead] * width_, width_);
         std::memcpy(rows_.get() + to[i] * width_, old_rows.get() + from[i] * width_,
-                    row_bytes);
+                    row_bytes_);
       }
     });
   }
 
   absl::Status InsertLocked(OpKernelContext* ctx, const int64_t* ids, const float* rows,
                             int64_t n) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    const size_t row_bytes = width_ * sizeof(float);
-    return WriteLocked(ctx, ids, n, [rows, row_bytes, this](int64_t i, float* dst) {
-      std::memcpy(dst, rows + i * width_, row_bytes);
+    return WriteLocked(ctx, ids, n, [rows, this](int64_t i, float* dst) {
+      std::memcpy(dst, rows + i * width_, row_bytes_);
     });
   }
 
@@ -498,6 +493,7 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
   mutable ::tensorflow::mutex mu_;
   TensorShape value_shape_;
   int64_t width_ = 0;
+  size_t row_bytes_ = 0;  // width_ floats
   float max_load_factor_ = 0.8f;
   int64_t capacity_ TF_GUARDED_BY(mu_) = 0;
   int64_t size_ TF_GUARDED_BY(mu_) = 0;
