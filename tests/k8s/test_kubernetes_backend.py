@@ -418,7 +418,10 @@ async def test_home_claim_must_exist_and_be_the_users(kube: Harness, k8s: Cluste
         k8s.request("POST", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", {
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {"name": name, "annotations": {"hub.jupyter.org/username": owner}},
+            # Selects the owner's volume (none exists): without a selector the claim would bind
+            # any free "manual" volume, even one a later test made for another user's home.
             "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "manual",
+                     "selector": {"matchLabels": {"mlp-home": owner}},
                      "resources": {"requests": {"storage": "1Gi"}}}})
 
     claim("claim-ola", "mallory")
