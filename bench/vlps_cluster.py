@@ -6,9 +6,12 @@ of k steps inside one function; the worker prefetches its batches); one process 
 step per call. Same model (bench/vlps_ctr.py's Wide&Deep: embedding dim 16 + wide, MLP
 256-128-1, Adagrad), same batches from one file, same alternated rounds (bench/ctr_common.py);
 "x one process" is the median of the per-round ratios. Two settings: batch 256 with 6 fields
-(a small real-data-sized model) and the README's batch 4096 with 26 fields.
+(a small real-data-sized model) and the README's batch 4096 with 26 fields. The cluster moves
+its dense variables packed, one tensor per ps task each way (`Trainer(pack_dense=...)`, on by
+default on a cluster); the "unpacked" rows (`--unpacked`) move them one tensor per variable, for
+comparison in the same run.
 
-  .venv/bin/python bench/vlps_cluster.py [--spe 1,16,64] [--rounds 5]
+  .venv/bin/python bench/vlps_cluster.py [--spe 1,16,64] [--unpacked 16] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spe", default="1,16,64", help="steps_per_execution values to compare")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--unpacked", default="16",
+                    help="steps_per_execution values also run without packed dense variables")
     ap.add_argument("--dim", type=int, default=16)
     args = ap.parse_args()
     spes = [int(x) for x in args.spe.split(",")]
@@ -42,12 +47,16 @@ def main() -> None:
     for batch, fields, chunk in SETTINGS:
         run = argparse.Namespace(
             batch=batch, dim=args.dim, fields=fields, warm=max(4, chunk // 4),
-            rounds=args.rounds, chunk=chunk, test_batches=1, lr=0.05, bins=0, spe=0, data="")
+            rounds=args.rounds, chunk=chunk, test_batches=1, lr=0.05, bins=0, spe=0, data="",
+            no_pack_dense=False)
         tmp = tempfile.mkdtemp(prefix="vlps-cluster-")
         run.data = vlps_ctr.write_data(run, tmp)
         me = [sys.executable, vlps_ctr.__file__]
         specs = [("vlps", "one process", [*me, "--case", "vlps", *vlps_ctr.child_args(run)])]
+        unpacked = [int(x) for x in args.unpacked.split(",") if x]
         specs += [(f"cluster{k}", "chief + 2 ps + 1 worker", {"cluster": k}) for k in spes]
+        specs += [(f"cluster{k}-unpacked", "chief + 2 ps + 1 worker, dense variables unpacked",
+                   {"cluster": k, "pack": False}) for k in unpacked]
         try:
             cases = vlps_ctr.run_cases(run, specs, tmp)
         finally:

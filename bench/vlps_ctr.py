@@ -108,7 +108,7 @@ def case_vlps(args: argparse.Namespace) -> None:
     trainer = vlps.Trainer(
         lambda: wide_deep(dim=args.dim, num_fields=args.fields, optimizer=adagrad(args)),
         loss=keras.losses.BinaryCrossentropy(), optimizer=adagrad(args), report_every=10**9,
-        steps_per_execution=args.spe or None,
+        steps_per_execution=args.spe or None, pack_dense=False if args.no_pack_dense else None,
         cluster=None if distributed else vlps.ClusterInfo())
     trainer.build(lambda ctx=None: dataset(args))
     iterator = trainer.make_iterator(lambda ctx=None: dataset(args))
@@ -218,7 +218,8 @@ def case_keras(args: argparse.Namespace, sparse: bool) -> None:
 def child_args(args: argparse.Namespace) -> list[str]:
     return ["--batch", str(args.batch), "--dim", str(args.dim), "--fields", str(args.fields),
             "--warm", str(args.warm), "--test-batches", str(args.test_batches),
-            "--lr", str(args.lr), "--data", args.data, "--spe", str(args.spe)]
+            "--lr", str(args.lr), "--data", args.data, "--spe", str(args.spe),
+            *(["--no-pack-dense"] if getattr(args, "no_pack_dense", False) else [])]
 
 
 def vm_hwm_mib(pid: int) -> float:
@@ -308,9 +309,10 @@ def run_cases(args: argparse.Namespace, specs: list[tuple[str, str, Any]],
                 cases.append((key, name, how))
                 continue
             print(f"# starting {name}", file=sys.stderr, flush=True)
-            if isinstance(how, dict):  # {"cluster": steps_per_execution}
-                c = start_cluster(argparse.Namespace(**{**vars(args), "spe": how["cluster"]}),
-                                  log)
+            if isinstance(how, dict):  # {"cluster": steps_per_execution, "pack": bool}
+                c = start_cluster(argparse.Namespace(**{
+                    **vars(args), "spe": how["cluster"],
+                    "no_pack_dense": not how.get("pack", True)}), log)
                 c.key = key
             elif how == "cluster":
                 c = start_cluster(args, log)
@@ -373,6 +375,8 @@ def main() -> None:
                     help="Keras Hashing bins of the large baselines (a 1/16 one also runs)")
     ap.add_argument("--spe", type=int, default=0,
                     help="cluster steps_per_execution (0: the Trainer's default)")
+    ap.add_argument("--no-pack-dense", action="store_true",
+                    help="cluster: move dense variables one tensor each (Trainer pack_dense)")
     ap.add_argument("--no-cluster", action="store_true")
     ap.add_argument("--cases", default="",
                     help="comma-separated case keys to run (default all): ceiling, "

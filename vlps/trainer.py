@@ -26,7 +26,7 @@ from vlps.layers import tables_of, take_uniques, unique_feature_keys, with_uniqu
 from vlps.metrics import report
 from vlps.placement import Placement, placement_scope
 from vlps.table import EmbeddingTable
-from vlps.training import train_step
+from vlps.training import DensePacking, train_step
 
 log = logging.getLogger("vlps")
 
@@ -68,6 +68,9 @@ class Trainer:
       unique_in_input: compute the `tf.unique` of each id feature that feeds a DynamicEmbedding
         layer unchanged in the input pipeline (with the prefetch, so ahead of the step and off
         its critical path) instead of inside the step. Same ids, same order, same training.
+      pack_dense: move the dense variables between the ps tasks and the worker as one tensor
+        per ps each way in a step (`vlps.training.DensePacking`) instead of one per variable.
+        Default: on a cluster (in one process nothing moves).
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class Trainer:
         checkpoint_every: int | None = None, full_every: int = 5, evict_every: int | None = None,
         report_every: int = 100, cluster: ClusterInfo | None = None,
         steps_per_execution: int | None = None, prefetch: int = 2, unique_in_input: bool = True,
+        pack_dense: bool | None = None,
     ) -> None:
         self.info = cluster or ClusterInfo.from_env()
         run_server_if_needed(self.info)  # ps / worker tasks never return from here
@@ -109,6 +113,7 @@ class Trainer:
             placement = Placement(
                 [f"/job:ps/replica:0/task:{i}/device:CPU:0" for i in range(n_ps)], self.strategy)
         self.placement = placement
+        self.pack_dense = self.info.distributed if pack_dense is None else bool(pack_dense)
         with self.scope():
             self.model = model_fn()
             self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="vlps_step")
@@ -192,6 +197,8 @@ class Trainer:
         if fn is not None:
             return fn
         model, loss, opt, gstep = self.model, self.loss, self.optimizer, self.global_step
+        # On a cluster the dense variables cross the network packed, one tensor per ps task.
+        packing = DensePacking(list(model.trainable_variables)) if self.pack_dense else None
 
         @tf.function
         def step_fn(iterator: Any, n: tf.Tensor) -> tf.Tensor:
@@ -200,7 +207,8 @@ class Trainer:
                 features, labels = next(iterator)
                 features = take_uniques(features)
                 step = gstep.assign_add(1)
-                last = tf.cast(train_step(model, loss, opt, features, labels, step), tf.float32)
+                last = tf.cast(train_step(model, loss, opt, features, labels, step,
+                                                  packing), tf.float32)
             return last
 
         self._step_fn = step_fn

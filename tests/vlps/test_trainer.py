@@ -104,6 +104,41 @@ def test_a_feature_transformed_before_its_layer_keeps_its_unique_in_the_step() -
     assert step_graph_ops(t, t.make_iterator(dataset_fn)).count("VlpsUnique") == 1
 
 
+def test_packed_dense_variables_train_the_same_model() -> None:
+    """`pack_dense` (on by default on a cluster) moves the dense variables as one tensor per
+    device; forced on in one process it must give the same training: same predictions, same
+    batch-norm statistics (state updated in the step), an unused variable left untouched."""
+    def model():
+        inputs = {"cat": keras.Input((26,), dtype="int64", name="cat"),
+                  "num": keras.Input((13,), name="num")}
+        emb = vlps.DynamicEmbedding(4, name="ids", optimizer=vlps.Adagrad(0.1))(inputs["cat"])
+        x = keras.layers.Concatenate()([keras.layers.Flatten()(emb), inputs["num"]])
+        x = keras.layers.BatchNormalization()(keras.layers.Dense(8, activation="relu")(x))
+        out = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+        out.unused = out.add_weight(shape=(3,), initializer="ones", name="unused")
+        return out
+
+    def make(pack):
+        keras.utils.set_random_seed(7)
+        return vlps.Trainer(model, loss=keras.losses.BinaryCrossentropy(),
+                            optimizer=vlps.Adam(0.01), cluster=vlps.ClusterInfo(),
+                            steps_per_execution=4, pack_dense=pack)
+
+    features, _ = heldout()
+    packed, plain = make(True), make(False)
+    assert packed.pack_dense and not plain.pack_dense and not make(None).pack_dense
+    packed.fit(dataset_fn, steps=12)
+    plain.fit(dataset_fn, steps=12)
+    for a, b in zip(packed.model.variables, plain.model.variables, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    moving = [v for v in packed.model.non_trainable_variables if "moving_mean" in v.path]
+    assert moving and np.abs(moving[0].numpy()).sum() > 0  # the statistics moved
+    np.testing.assert_array_equal(packed.model.unused.numpy(), np.ones(3))
+    np.testing.assert_allclose(packed.predict(features).numpy(), plain.predict(features).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert packed.tables[0].size() == plain.tables[0].size() > 0
+
+
 @pytest.mark.parametrize("bad", [0, -1, 2.5])
 def test_bad_steps_per_execution_and_prefetch_are_named(bad) -> None:
     with pytest.raises(ValueError, match="steps_per_execution must be an int > 0"):
