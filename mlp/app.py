@@ -403,22 +403,38 @@ class MLPService(Application):
         asyncio.run(self.serve())
 
 
-def prepare_data_dir(path: Path, multi_user: bool) -> None:
+def prepare_data_dir(path: Path, multi_user: bool, source: Path | None = None) -> None:
     """The data directory: 0700 in personal mode; 0711 in multi-user mode, where the accounts
     must pass through it to reach their homes (nothing inside can be listed or read by them:
-    databases, secrets and logs are 0600/0700, each home 0700 owned by its account)."""
+    databases, secrets and logs are 0600/0700, each home 0700 owned by its account).
+
+    In multi-user mode the accounts must also reach the Python environment and, for an
+    editable install (`source`: the folder the platform's packages are imported from, outside
+    any site-packages), list that folder: Python lists it to find `mlp`, `mlp_magics`, `vlps`."""
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o711 if multi_user else 0o700)
-    if multi_user:
-        for what, where in (("the data directory", path), ("the Python environment",
-                                                            Path(sys.executable))):
-            parent = unreachable_ancestor(where)
-            if parent is not None:
-                raise ValueError(
-                    f"{what} {where} is below {parent}, which other users cannot pass through "
-                    "(no o+x): the users' accounts could not reach it. Move it, or "
-                    f"`chmod o+x {parent}`"
-                )
+    if not multi_user:
+        return
+    if source is None:
+        source = Path(__file__).resolve().parent.parent
+    reach = [("the data directory", path), ("the Python environment", Path(sys.executable))]
+    editable = "site-packages" not in source.parts
+    if editable:
+        reach.append(("the platform's source (an editable install)", source / "mlp"))
+    for what, where in reach:
+        parent = unreachable_ancestor(where)
+        if parent is not None:
+            raise ValueError(
+                f"{what} {where} is below {parent}, which other users cannot pass through "
+                "(no o+x): the users' accounts could not reach it. Move it, or "
+                f"`chmod o+x {parent}`"
+            )
+    if editable and source.stat().st_mode & 0o005 != 0o005:
+        raise ValueError(
+            f"the platform's source {source} (an editable install) cannot be listed by other "
+            "users (it needs o+rx): the users' accounts import mlp, mlp_magics and vlps from "
+            f"it and would fail. `chmod o+rx {source}`, or install without -e"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -137,6 +137,7 @@ def test_a_venv_in_a_closed_folder_is_refused_at_start_though_its_python_links_o
     from mlp.isolation.process import unreachable_ancestor
 
     base = Path(tempfile.mkdtemp(prefix="mlp-reach-", dir="/tmp"))  # pytest's tmp is 0700
+    mp = pytest.MonkeyPatch()
     try:
         os.chmod(base, 0o711)
         closed = base / "closed"
@@ -146,11 +147,31 @@ def test_a_venv_in_a_closed_folder_is_refused_at_start_though_its_python_links_o
         os.chmod(closed, 0o700)
         assert unreachable_ancestor(Path(os.path.realpath(sys.executable))) is None
         assert unreachable_ancestor(python) == closed
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(sys, "executable", str(python))
+        with pytest.MonkeyPatch.context() as ctx:
+            ctx.setattr(sys, "executable", str(python))
             with pytest.raises(ValueError, match=f"below {closed}, which other users cannot"):
                 prepare_data_dir(base / "data", multi_user=True)
         os.chmod(closed, 0o711)
         assert unreachable_ancestor(python) is None
+        # An editable install's source folder must be listable: Python lists it to import mlp.
+        mp.setattr(sys, "executable", os.path.realpath(sys.executable))  # reachable
+        source = base / "src"
+        (source / "mlp").mkdir(parents=True)
+        os.chmod(source, 0o711)
+        with pytest.raises(ValueError, match=f"source {source} .* cannot be listed by other "
+                           f"users .*`chmod o\\+rx {source}`"):
+            prepare_data_dir(base / "data", multi_user=True, source=source)
+        os.chmod(source, 0o755)
+        prepare_data_dir(base / "data", multi_user=True, source=source)
+        os.chmod(source, 0o700)  # closed above mlp/: named as a folder the accounts cannot pass
+        with pytest.raises(ValueError, match=f"source .* is below {source}, which other users"):
+            prepare_data_dir(base / "data", multi_user=True, source=source)
+        # Installed into site-packages (not editable): nothing of the source is checked.
+        site = base / "lib" / "site-packages"
+        (site / "mlp").mkdir(parents=True)
+        os.chmod(site, 0o700)
+        os.chmod(base / "lib", 0o711)
+        prepare_data_dir(base / "data", multi_user=True, source=site)
     finally:
+        mp.undo()
         shutil.rmtree(base, ignore_errors=True)
