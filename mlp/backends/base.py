@@ -68,6 +68,9 @@ class Observation:
     # Set when the backend gives the attempt up without fault of the job (e.g. a cluster that
     # could not place the whole gang in time): the manager releases its quota and requeues it.
     requeue: str | None = None
+    # Tasks created but not running yet, each with why (e.g. "pod x (Unschedulable: ...)"):
+    # the job stays Starting until none is left.
+    pending: list[str] = field(default_factory=list)
 
 
 class SetupError(RuntimeError):

@@ -359,6 +359,7 @@ class KubernetesBackend(JobBackend):
                         status.signal = code - 128
             elif phase != "Running":
                 pending.append(f"{t['pod']} ({pending_reason(pod)})")
+        obs.pending = pending
         age = time.time() - float(backend_state.get("submitted_at", time.time()))
         if pending and not obs.lost and age > self.gang_timeout:
             obs.requeue = (

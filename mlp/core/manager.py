@@ -54,6 +54,10 @@ class ManagerSettings:
     max_runtime_limit: float | None
 
 
+def _waiting_reason(obs: Observation) -> str:
+    return "tasks created; waiting for all of them to run: " + "; ".join(obs.pending)
+
+
 def spec_from_job(job: Job) -> JobSpec:
     """Rebuild the validated spec from what the store holds (it was validated at submit)."""
     return validate_spec(job.spec)
@@ -306,7 +310,8 @@ class JobManager:
                     self._spawn(self.backend.stop(job.id, job.backend_state))
                 self._transition(job, JobState.FAILED, obs.lost)
             elif job.job_state == JobState.STARTING:
-                self._transition(job, JobState.RUNNING, "adopted after a service restart")
+                # Running once every task runs (the watch loop checks, as after a start).
+                self.log.info("job %s adopted after restart while starting", job.id)
             else:
                 self.log.info("job %s adopted after restart (%d tasks)", job.id, len(obs.tasks))
 
@@ -338,6 +343,10 @@ class JobManager:
             holder = self.quota.persist_admitted(holder_id)
             self._busy.add(job.id)
             self._spawn(self._start(job, borrowed=not holder.borrowed.is_zero()))
+        for job in self.store.list_jobs(states=[JobState.STARTING]):
+            # Created but not all running yet (a cluster still scheduling or pulling images).
+            if job.id not in self._busy and job.backend_state:
+                self._check(job)
         for job in self.store.list_jobs(states=[JobState.RUNNING]):
             if job.id in self._busy:
                 continue
@@ -439,18 +448,46 @@ class JobManager:
                 if self.get(job.id).attempt == job.attempt:
                     self.store.update(job.id, backend_state=state)
                 return
-            self._transition(
-                job,
-                JobState.RUNNING,
-                f"{len(state['tasks'])} tasks running: {spec.describe_tasks()}",
-                backend_state=state,
-            )
+            obs = self.backend.observe_job(job.id, state)
+            if obs.pending:
+                # Created, not all running: it stays Starting until they are (see _check).
+                self._note(current, _waiting_reason(obs), backend_state=state)
+            else:
+                self._transition(
+                    job,
+                    JobState.RUNNING,
+                    f"{len(state['tasks'])} tasks running: {spec.describe_tasks()}",
+                    backend_state=state,
+                )
         finally:
             self._busy.discard(job.id)
             self.kick()
 
+    def _note(self, job: Job, reason: str, **fields: Any) -> Job:
+        """A new reason (and fields) without a change of state; watchers see it."""
+        job = self.store.update(job.id, reason=reason, **fields)
+        for q in list(self._watchers.get(job.id, ())):
+            if not q.full():
+                q.put_nowait(job)
+        return job
+
     def _check(self, job: Job) -> None:
         obs = self.observe(job)
+        if job.job_state == JobState.STARTING and not (obs.lost or obs.requeue):
+            failed = any(not t.running and (t.exit_code != 0 or t.signal is not None)
+                         for t in obs.tasks)
+            if obs.pending and not failed:  # still waiting for the whole gang to run
+                reason = _waiting_reason(obs)
+                if reason != job.reason:
+                    self._note(job, reason)
+                return
+            if not obs.pending:
+                tasks = (job.backend_state or {}).get("tasks", [])
+                job = self._transition(
+                    job, JobState.RUNNING,
+                    f"{len(tasks)} tasks running: {spec_from_job(job).describe_tasks()}")
+                if job.job_state != JobState.RUNNING:
+                    return
         if obs.lost:
             self._busy.add(job.id)
             self._spawn(self._finish(job, JobState.FAILED, obs.lost))

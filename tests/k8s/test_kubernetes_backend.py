@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from k8skit import pv
 from mlptest import platform_data_dir, wait_for_state
 from tcpproxy import FlakyProxy
 from test_backend_suite import Harness, job
@@ -56,8 +57,8 @@ def pods(k8s: Cluster, ns: str, selector: str) -> list[dict[str, Any]]:
 
 
 def pods_running_on(k8s: Cluster, ns: str, job_id: int, node: str) -> None:
-    """Wait until the job's pods run on `node` (a job is Running once its pods exist; the
-    scheduler binds them to a node just added only once kwok has made it Ready)."""
+    """Wait until the job's pods run on `node` (the scheduler binds them to a node just added
+    only once kwok has made it Ready)."""
     def placed() -> bool:
         found = pods(k8s, ns, f"mlp.jupyter.org/job-id={job_id}")
         return bool(found) and all(p["status"].get("phase") == "Running"
@@ -129,7 +130,13 @@ async def test_gang_not_placed_in_time_is_released_and_requeued(kube: Harness):
     m = kube.manager()
     # Two pods of 4 GPUs each: the ledger has 8 GPUs, the cluster one node with 4.
     j = m.submit("alice", job("gang", {"worker": 2}, cpu=1, memory="1Gi", gpu=4))
-    await wait_for_state(m, j.id, {JobState.RUNNING}, 60)
+    # Created, not placed: the job is Starting (not Running), and its reason names the pod that
+    # waits and the scheduler's why.
+    waiting = await until(lambda: (x := m.get(j.id)).job_state == JobState.STARTING
+                          and "Insufficient nvidia.com/gpu" in x.reason and x,
+                          "the job to wait in Starting for its unplaceable pod")
+    assert waiting.reason.startswith("tasks created; waiting for all of them to run: "), \
+        waiting.reason
     # Released and requeued (and soon started again: its stay in the queue can be too short to
     # see by polling, so the state history says what happened).
     await until(lambda: m.get(j.id).attempt >= 2, "the job to be requeued")
@@ -138,6 +145,7 @@ async def test_gang_not_placed_in_time_is_released_and_requeued(kube: Harness):
     assert requeued, events
     assert "not every pod was running within gang_timeout (2 s)" in requeued[0], requeued[0]
     assert "Insufficient nvidia.com/gpu" in requeued[0], requeued[0]
+    assert JobState.RUNNING.value not in [s for s, _ in events], events  # never all running
     assert m.get(j.id).job_state != JobState.FAILED
     await m.cancel(j.id, "alice")
 
@@ -414,18 +422,19 @@ async def test_an_object_of_the_same_name_not_ours_fails_the_start_clearly(
 
 async def test_home_claim_must_exist_and_be_the_users(kube: Harness, k8s: Cluster,
                                                       namespace: str):
-    def claim(name: str, owner: str) -> None:
+    def claim(name: str, owner: str, volume: str) -> None:
         k8s.request("POST", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", {
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {"name": name, "annotations": {"hub.jupyter.org/username": owner}},
-            # Selects the owner's volume (none exists): without a selector the claim would bind
-            # any free "manual" volume, even one a later test made for another user's home.
+            # Selects one volume: without a selector the claim would bind any free "manual"
+            # volume, even one a later test made for another user's home.
             "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "manual",
-                     "selector": {"matchLabels": {"mlp-home": owner}},
+                     "selector": {"matchLabels": {"mlp-home": volume}},
                      "resources": {"requests": {"storage": "1Gi"}}}})
 
-    claim("claim-ola", "mallory")
-    claim("claim-mallory", "mallory")
+    pv(k8s, "mallory")  # the pod that mounts Mallory's claim runs only once the claim is bound
+    claim("claim-ola", "mallory", "no-such-volume")
+    claim("claim-mallory", "mallory", "mallory")
     kube.options["home_claim_template"] = "claim-{username}"  # type: ignore[attr-defined]
     m = kube.manager()
     theirs = m.submit("ola", job("not-mine", {"worker": 1}))

@@ -99,10 +99,10 @@ async def test_a_home_claim_owned_by_someone_else_is_refused(make_spawner, ledge
     k8s.request("POST", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": "claim-ola", "annotations": {"hub.jupyter.org/username": "mallory"}},
-        # Mallory's claim selects Mallory's volume (there is none): a claim without a selector
-        # would bind any free "manual" volume, even one a later test made for another user.
+        # It selects a volume that does not exist: a claim without a selector would bind any
+        # free "manual" volume, even one a later test made for another user.
         "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "manual",
-                 "selector": {"matchLabels": {"mlp-home": "mallory"}},
+                 "selector": {"matchLabels": {"mlp-home": "no-such-volume"}},
                  "resources": {"requests": {"storage": "1Gi"}}}})
     sp = make_spawner("ola")
     sp.user_options = {"profile": "small"}
