@@ -12,7 +12,6 @@ meets trouble:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -32,6 +31,7 @@ import psutil
 import pytest
 import requests
 from mlptest import Api, Hub, start_hub, stop_hub, wait_for_service
+from tcpproxy import AnswerGate
 
 pytestmark = [
     pytest.mark.integration,
@@ -71,61 +71,9 @@ os.execv(sys.argv[1], sys.argv[1:])
 """
 
 
-class Gate:
-    """A TCP forwarder to the mlp service that, while `hold` names a request line prefix,
-    forwards such a request but keeps its answer (and sets `held`): the service has acted, the
-    hub has not heard back."""
-
-    def __init__(self) -> None:
-        self.hold = ""
-        self.held = threading.Event()
-        self.target = 0
-        self.loop = asyncio.new_event_loop()
-        self.server = self.loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", 0))
-        self.port = self.server.sockets[0].getsockname()[1]
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
-            first = await reader.readline()
-            keep = bool(self.hold) and first.decode(errors="replace").startswith(self.hold)
-            up_writer.write(first)
-            await asyncio.gather(_pipe(reader, up_writer),
-                                 _pipe(up_reader, writer, keep, self.held))
-        except OSError:
-            pass
-        finally:
-            writer.close()
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, keep: bool = False,
-                held: threading.Event | None = None) -> None:
-    try:
-        while data := await reader.read(65536):
-            if keep:
-                assert held is not None
-                held.set()  # the answer arrived from the service; it goes no further
-                continue
-            writer.write(data)
-            await writer.drain()
-    except OSError:
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
-
-
 @pytest.fixture(scope="module")
-def gate() -> Iterator[Gate]:
-    g = Gate()
+def gate() -> Iterator[AnswerGate]:
+    g = AnswerGate().start_thread()
     yield g
     g.close()
 
@@ -141,7 +89,7 @@ def hold_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def khub(tmp_path_factory: pytest.TempPathFactory, hold_dir: Path, gate: Gate) -> Iterator[Hub]:
+def khub(tmp_path_factory: pytest.TempPathFactory, hold_dir: Path, gate: AnswerGate) -> Iterator[Hub]:
     hub = start_hub(tmp_path_factory.mktemp("khub"), ["--MLPService.poll_interval=0.2"], SERVICE,
                     extra_hub_config=HUB.format(hold=str(hold_dir / "hold.py"),
                                                 hold_dir=str(hold_dir), gate_port=gate.port),
@@ -330,13 +278,12 @@ def test_a_hub_killed_mid_spawn_leaves_nothing_behind_or_adopts_consistently(khu
 
 
 def test_a_hub_killed_while_its_reservation_is_answered_leaves_no_reservation(khub: Hub,
-                                                                             gate: Gate):
+                                                                             gate: AnswerGate):
     hub = khub
     # The service makes the reservation; the hub is killed before it hears back, so it never
     # recorded a server process (there is none).
     gate.held.clear()
-    gate.hold = "POST /services/mlp/api/v1/reservations"
-
+    gate.drop = "POST /services/mlp/api/v1/reservations"
 
     def spawn() -> None:
         with contextlib.suppress(requests.RequestException):  # the hub dies under it
@@ -348,7 +295,7 @@ def test_a_hub_killed_while_its_reservation_is_answered_leaves_no_reservation(kh
     assert "jon/" in reservations(hub)
     how = kill_hub(hub)
     asker.join(60)
-    gate.hold = ""
+    gate.drop = ""
     restart_hub(hub, how)
     # The restarted hub has no server of jon's, so the service reclaims the reservation.
     wait_until(lambda: not hub.hub_api("GET", "/users/jon").json()["servers"],

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 from mlp_spawner.reservations import ReservationRefused
-from spawnkit import GROUP, RECLAIM_GRACE, AnswerGate, Driver, held_async
+from spawnkit import GROUP, RECLAIM_GRACE, Driver, held_async
+from tcpproxy import AnswerGate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
