@@ -219,7 +219,7 @@ def child_args(args: argparse.Namespace) -> list[str]:
     return ["--batch", str(args.batch), "--dim", str(args.dim), "--fields", str(args.fields),
             "--warm", str(args.warm), "--test-batches", str(args.test_batches),
             "--lr", str(args.lr), "--data", args.data, "--spe", str(args.spe),
-            *(["--no-pack-dense"] if getattr(args, "no_pack_dense", False) else [])]
+            *(["--no-pack-dense"] if args.no_pack_dense else [])]
 
 
 def vm_hwm_mib(pid: int) -> float:

@@ -55,8 +55,9 @@ class DensePacking:
     """The model's dense variables grouped by the device (ps task) that holds them.
 
     A step on a cluster otherwise moves every dense variable from its ps to the worker and its
-    gradient back, one gRPC transfer each way per variable and step; at small batches these
-    transfers, not the math, are the step's cost. `read` concatenates each group on its ps and
+    gradient back, one gRPC transfer each way per variable and step, each with its thread
+    hand-offs on both sides (a small batch's step pays them more than its math; see
+    docs/vlps.md for what packing gained). `read` concatenates each group on its ps and
     splits it on the worker (one transfer per ps), `apply` does the reverse with the gradients
     and runs the optimizer's rule on the ps, where the variables and their slots live. The
     model then runs on the values with `keras.Model.stateless_call`. Same values, same update.

@@ -58,6 +58,10 @@ def _waiting_reason(obs: Observation) -> str:
     return "tasks created; waiting for all of them to run: " + "; ".join(obs.pending)
 
 
+def _running_reason(tasks: list[Any], spec: JobSpec) -> str:
+    return f"{len(tasks)} tasks running: {spec.describe_tasks()}"
+
+
 def spec_from_job(job: Job) -> JobSpec:
     """Rebuild the validated spec from what the store holds (it was validated at submit)."""
     return validate_spec(job.spec)
@@ -384,10 +388,13 @@ class JobManager:
             self._waiting.discard(job.id)
             self._ended_since_dependency_check = True
             self._alert(job, target)
+        self._notify(job)
+        return job
+
+    def _notify(self, job: Job) -> None:
         for q in list(self._watchers.get(job.id, ())):
             if not q.full():
                 q.put_nowait(job)
-        return job
 
     async def _start(self, job: Job, borrowed: bool = False) -> None:
         try:
@@ -456,7 +463,7 @@ class JobManager:
                 self._transition(
                     job,
                     JobState.RUNNING,
-                    f"{len(state['tasks'])} tasks running: {spec.describe_tasks()}",
+                    _running_reason(state["tasks"], spec),
                     backend_state=state,
                 )
         finally:
@@ -466,9 +473,7 @@ class JobManager:
     def _note(self, job: Job, reason: str, **fields: Any) -> Job:
         """A new reason (and fields) without a change of state; watchers see it."""
         job = self.store.update(job.id, reason=reason, **fields)
-        for q in list(self._watchers.get(job.id, ())):
-            if not q.full():
-                q.put_nowait(job)
+        self._notify(job)
         return job
 
     def _check(self, job: Job) -> None:
@@ -484,8 +489,7 @@ class JobManager:
             if not obs.pending:
                 tasks = (job.backend_state or {}).get("tasks", [])
                 job = self._transition(
-                    job, JobState.RUNNING,
-                    f"{len(tasks)} tasks running: {spec_from_job(job).describe_tasks()}")
+                    job, JobState.RUNNING, _running_reason(tasks, spec_from_job(job)))
                 if job.job_state != JobState.RUNNING:
                     return
         if obs.lost:
