@@ -21,6 +21,18 @@ class Initializer:
     def __call__(self, ids: tf.Tensor, dim: int) -> tf.Tensor:
         raise NotImplementedError
 
+    def native_groups(self, dim: int) -> list[tuple[int, str, float, float, int]] | None:
+        """The same initial values as column groups (width, kind, a, b, seed) that the table
+        kernel computes itself while it looks rows up (`VlpsHashTableFindOrInit`), or None
+        when the kernel has no such kind: the table then fills new rows with `__call__`.
+        Kinds: "zeros", "constant" (a = the value), "uniform" (a = minval, b = maxval -
+        minval, the float32 constants `__call__` multiplies and adds)."""
+        return None
+
+    def _overridden(self, cls: type[Initializer]) -> bool:
+        """A subclass that computes its own values: the kernel's groups would not match."""
+        return type(self).__call__ is not cls.__call__
+
     def get_config(self) -> dict[str, Any]:
         return {"class": type(self).__name__, **vars(self)}
 
@@ -29,6 +41,9 @@ class Zeros(Initializer):
     def __call__(self, ids: tf.Tensor, dim: int) -> tf.Tensor:
         return tf.zeros([tf.shape(ids)[0], dim], tf.float32)
 
+    def native_groups(self, dim: int) -> list[tuple[int, str, float, float, int]] | None:
+        return None if self._overridden(Zeros) else [(dim, "zeros", 0.0, 0.0, 0)]
+
 
 class Constant(Initializer):
     def __init__(self, value: float = 0.0) -> None:
@@ -36,6 +51,9 @@ class Constant(Initializer):
 
     def __call__(self, ids: tf.Tensor, dim: int) -> tf.Tensor:
         return tf.fill([tf.shape(ids)[0], dim], tf.constant(self.value, tf.float32))
+
+    def native_groups(self, dim: int) -> list[tuple[int, str, float, float, int]] | None:
+        return None if self._overridden(Constant) else [(dim, "constant", self.value, 0.0, 0)]
 
 
 class RandomUniform(Initializer):
@@ -49,6 +67,11 @@ class RandomUniform(Initializer):
     def __call__(self, ids: tf.Tensor, dim: int) -> tf.Tensor:
         u = uniform01(ids, self.seed, dim)
         return self.minval + (self.maxval - self.minval) * u
+
+    def native_groups(self, dim: int) -> list[tuple[int, str, float, float, int]] | None:
+        if self._overridden(RandomUniform):
+            return None
+        return [(dim, "uniform", self.minval, self.maxval - self.minval, self.seed)]
 
 
 class RandomNormal(Initializer):
@@ -87,6 +110,17 @@ class Columns(Initializer):
         if total != dim:
             raise ValueError(f"Columns initializer covers {total} columns, the table has {dim}")
         return tf.concat([init(ids, w) for w, init in self.groups], 1)
+
+    def native_groups(self, dim: int) -> list[tuple[int, str, float, float, int]] | None:
+        if self._overridden(Columns) or sum(w for w, _ in self.groups) != dim:
+            return None  # a sum that does not match: __call__ raises the error
+        out: list[tuple[int, str, float, float, int]] = []
+        for w, init in self.groups:
+            part = init.native_groups(w)
+            if part is None:
+                return None
+            out += part
+        return out
 
     def get_config(self) -> dict[str, Any]:
         return {"class": "Columns",

@@ -171,6 +171,16 @@ class _Shard:
             self.main.resource_handle, ids, rows, grads, tf.cast(step, tf.int64), rule=rule,
             dim=dim, **attrs)
 
+    def find_or_init(self, ids: tf.Tensor, dim: int, groups: list[Any],
+                     slots: list[float]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Whole rows of `ids` with the initial rows of missing ids, their embedding columns
+        and how many were missing, in one kernel (`VlpsHashTableFindOrInit`)."""
+        w, kinds, a, b, seeds = (list(x) for x in zip(*groups, strict=True))
+        rows, emb, missing = native.ops().vlps_hash_table_find_or_init(
+            self.main.resource_handle, ids, dim=dim, init_widths=w, init_kinds=kinds,
+            init_a=a, init_b=b, init_seeds=seeds, slot_values=slots)
+        return rows, emb, missing
+
     def remove_rows(self, ids: tf.Tensor) -> None:
         self.version.assign_add(1)
         self.main.remove(ids)
@@ -287,6 +297,9 @@ class EmbeddingTable:
             weakref.WeakKeyDictionary()
         # A Python list, made a constant of each graph that uses it (see _Shard).
         self._slot_init = [v for v in self.optimizer.initial_slot_values() for _ in range(dim)]
+        # The initializer as column groups the table kernel computes while it looks rows up;
+        # None: new rows are filled with the initializer's TF ops (see _filled).
+        self._native_init = self.initializer.native_groups(dim)
 
     @property
     def num_shards(self) -> int:
@@ -390,6 +403,15 @@ class EmbeddingTable:
 
         return tf.cond(n_missing > 0, fill, lambda: rows), n_missing
 
+    def _filled_rows(self, shard: _Shard, ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """The shard's rows of `ids` with missing ids' initial rows, and how many were
+        missing."""
+        if self._native_init is not None:
+            rows, _, n_missing = shard.find_or_init(ids, self.dim, self._native_init,
+                                                    self._slot_init)
+            return rows, n_missing
+        return self._filled(ids, shard.lookup_rows(ids))
+
     def _pull_shard(
         self, shard: _Shard, ids: tf.Tensor, training: bool, keep: bool = False
     ) -> tuple[tf.Tensor, tuple[Any, ...] | None]:
@@ -401,6 +423,10 @@ class EmbeddingTable:
             # Read the version before the lookup: a push compares it to decide reuse.
             version = shard.version.read_value() if keep else None
             with tf.control_dependencies([version] if version is not None else []):
+                if self._native_init is not None and training and not self.admission.active:
+                    rows, emb, n_missing = shard.find_or_init(
+                        ids, self.dim, self._native_init, self._slot_init)
+                    return emb, ((rows, n_missing, version) if keep else None)
                 rows = shard.lookup_rows(ids)
             if not training or self.admission.active:
                 # Not-yet-admitted and unknown ids embed as the default row's zeros.
@@ -442,7 +468,7 @@ class EmbeddingTable:
                 rows, n_missing = tf.cond(
                     tf.equal(shard.version.read_value(), version),
                     lambda: (tf.identity(pulled), tf.identity(n_filled)),
-                    lambda: self._filled(ids, shard.lookup_rows(ids)))
+                    lambda: self._filled_rows(shard, ids))
             else:
                 if pulled is not None and version is not None:
                     rows = tf.cond(tf.equal(shard.version.read_value(), version),

@@ -203,10 +203,14 @@ class Trainer:
         @tf.function
         def step_fn(iterator: Any, n: tf.Tensor) -> tf.Tensor:
             last = tf.constant(0.0)
-            for _ in tf.range(n):
+            # The call reserves its n steps with one increment of the global step (a variable
+            # on a ps task on a cluster: one remote update per call, not per step); step i of
+            # the call is the i-th of them.
+            first = gstep.assign_add(tf.cast(n, tf.int64)) - tf.cast(n, tf.int64)
+            for i in tf.range(n):
                 features, labels = next(iterator)
                 features = take_uniques(features)
-                step = gstep.assign_add(1)
+                step = first + tf.cast(i, tf.int64) + 1
                 last = tf.cast(train_step(model, loss, opt, features, labels, step,
                                                   packing), tf.float32)
             return last

@@ -204,3 +204,57 @@ def test_eviction_in_the_kernel_chooses_what_export_and_top_k_would(ttl: int, ca
     assert left == set(keys.tolist()) - set(np.asarray(want).tolist())
     gone = table.shards[0].tombstones.export()[0].numpy().tolist()
     assert sorted(gone) == sorted(np.asarray(want).tolist())
+
+
+class _Doubled(vlps.initializers.RandomUniform):
+    """A user's subclass with its own values: the kernel must not compute the parent's."""
+
+    def __call__(self, ids: tf.Tensor, dim: int) -> tf.Tensor:
+        return 2.0 * super().__call__(ids, dim)
+
+
+@pytest.mark.parametrize("name,dim,optimizer,initializer,native", [
+    ("wide_deep", 17, vlps.Adagrad(0.05, initial_accumulator_value=0.3),
+     vlps.initializers.Columns([(16, "uniform"), (1, "zeros")]), True),
+    ("uniform", 8, "sgd", vlps.initializers.RandomUniform(-0.3, 0.7, seed=5), True),
+    ("constant_uniform", 7, "sgd",
+     vlps.initializers.Columns([(3, vlps.initializers.Constant(0.25)),
+                                (4, vlps.initializers.RandomUniform(-1, 2, seed=-3))]), True),
+    ("subclass", 8, "sgd", _Doubled(), False),
+    ("normal", 8, "sgd", "normal", False),
+])
+def test_the_training_pull_fills_new_rows_with_the_initializers_values(
+        name, dim, optimizer, initializer, native) -> None:
+    """The kernel's find-with-initial-rows gives new ids bit for bit the initializer's eager
+    values (for the initializers it computes; the others, a user's subclass included, are
+    filled by the initializer's own ops), the slots' initial values and step 0; existing rows
+    come back as stored; the push counts the new rows once."""
+    init = vlps.initializers.get(initializer)
+    table = vlps.EmbeddingTable(f"fill_{name}", dim, optimizer=optimizer, initializer=init)
+    assert (table._native_init is not None) == native
+    rng = np.random.default_rng(0)
+    ids = tf.constant(np.concatenate([rng.integers(-2**63, 2**63 - 1, 3000, dtype=np.int64),
+                                      [0, -1, 2**63 - 1, -2**63]]))
+    expect = init(ids, dim).numpy()
+
+    @tf.function
+    def step(i: tf.Tensor, s: int) -> tf.Tensor:
+        emb = table.pull(i)
+        table.push(i, tf.zeros_like(emb), tf.constant(s, tf.int64))
+        return emb
+
+    first = step(ids, 1).numpy()
+    if native:
+        np.testing.assert_array_equal(first.view(np.int32), expect.view(np.int32))
+    else:  # the XLA-compiled initializer rounds differently (ndtri: within 4e-6 here)
+        np.testing.assert_allclose(first, expect, rtol=1e-5, atol=1e-7)
+    assert table.counters()["created"] == ids.shape[0]
+    keys, rows = table.shards[0].export_rows()
+    order = np.argsort(keys.numpy())
+    stored = rows.numpy()[order]
+    want_slots = [v for v in table.optimizer.initial_slot_values() for _ in range(dim)]
+    np.testing.assert_array_equal(stored[:, dim:-1],
+                                  np.tile(np.float32(want_slots), (len(order), 1)))
+    # A zero gradient leaves the embedding as it was; the rows now exist and are read back.
+    np.testing.assert_array_equal(step(ids, 2).numpy(), first)
+    assert table.counters()["created"] == ids.shape[0]

@@ -18,6 +18,7 @@
 // under its shared lock: a checkpoint's export sees each row either before or after an update.
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <new>
 #include <cstdint>
@@ -57,6 +58,16 @@ constexpr int64_t kCostPerId = 400;
 // murmur3's finaliser over the id xor a constant: independent of vlps.hashing.shard_of's
 // mix, so the ids of one shard do not share their low bits here.
 inline uint64_t Mix(uint64_t x) { return Murmur3Mix(x ^ 0x2545F4914F6CDD1DULL); }
+
+// vlps.hashing's per-id random numbers: SplitMix64's finaliser and the golden-ratio word.
+constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
+inline uint64_t SplitMix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ULL;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
 
 // The table's arrays: malloc'd, never initialised here (see Reset).
 struct FreeDeleter {
@@ -208,6 +219,70 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
       }
       dst[2 * dim] = stamp;
     });
+  }
+
+  // How a missing id's row starts: per column group of the embedding a kind (zeros, a
+  // constant, or uniform from the id's hash), then the optimizer's slot values, then step 0.
+  // The same bits as vlps/initializers.py and vlps.hashing.uniform01 compute with TF ops.
+  struct InitGroup {
+    enum Kind { kZeros, kConstant, kUniform } kind;
+    int64_t width;
+    float a;  // the constant, or the uniform's minval
+    float b;  // the uniform's (maxval - minval)
+    uint64_t seed_word;  // seed * golden ratio, the hash's key
+  };
+
+  // Find whole rows; a missing id gets its initial row. Writes `rows` [n, width] and the
+  // embedding columns `emb` [n, dim] (what the model reads), returns how many were missing.
+  // Reads under the shared lock: nothing is inserted (the push creates the rows).
+  int64_t FindOrInit(OpKernelContext* ctx, const int64_t* ids, int64_t n, int64_t dim,
+                     const std::vector<InitGroup>& groups, const std::vector<float>& slots,
+                     float* rows, float* emb) const {
+    std::atomic<int64_t> missing{0};
+    const int64_t width = width_;
+    ::tensorflow::tf_shared_lock l(mu_);
+    ForBlocks(ctx, n, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> slot(end - begin);
+      Locate(ids, begin, end, slot.data());
+      int64_t absent = 0;
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t ahead = i + kAhead;
+        if (ahead < end && slot[ahead - begin] >= 0)
+          PrefetchRow(rows_.get() + slot[ahead - begin] * width, width);
+        float* dst = rows + i * width;
+        const int64_t s = slot[i - begin];
+        if (s >= 0 || s == kEmptyKeySlot) {
+          std::memcpy(dst, s >= 0 ? rows_.get() + s * width : empty_row_.data(), row_bytes_);
+        } else {
+          ++absent;
+          InitialRow(ids[i], groups, slots, dst);
+        }
+        std::memcpy(emb + i * dim, dst, dim * sizeof(float));
+      }
+      missing.fetch_add(absent, std::memory_order_relaxed);
+    });
+    return missing.load();
+  }
+
+  static void InitialRow(int64_t id, const std::vector<InitGroup>& groups,
+                         const std::vector<float>& slots, float* dst) {
+    int64_t c = 0;
+    for (const InitGroup& g : groups) {
+      if (g.kind == InitGroup::kUniform) {
+        const uint64_t base = SplitMix64(static_cast<uint64_t>(id) ^ g.seed_word);
+        for (int64_t j = 0; j < g.width; ++j) {
+          const uint64_t bits = SplitMix64(base + static_cast<uint64_t>(j + 1) * kGolden);
+          const float u = (static_cast<float>(bits >> 40) + 0.5f) * (1.0f / 16777216.0f);
+          dst[c + j] = g.a + g.b * u;
+        }
+      } else {
+        const float v = g.kind == InitGroup::kConstant ? g.a : 0.0f;
+        for (int64_t j = 0; j < g.width; ++j) dst[c + j] = v;
+      }
+      c += g.width;
+    }
+    for (float v : slots) dst[c++] = v;
+    dst[c] = 0.0f;  // step 0: the row exists from its first push on
   }
 
   // Eviction in place: the ids of rows last updated before step - ttl (ttl > 0), then, while
@@ -590,6 +665,110 @@ REGISTER_OP("VlpsHashTableApply")
 
 REGISTER_KERNEL_BUILDER(Name("VlpsHashTableApply").Device(::tensorflow::DEVICE_CPU),
                         HashTableApplyOp);
+
+// Find with initial rows: the training pull of a shard in one op (see HashTable::FindOrInit).
+class HashTableFindOrInitOp : public OpKernel {
+ public:
+  explicit HashTableFindOrInitOp(::tensorflow::OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("dim", &dim_));
+    std::vector<int64_t> widths, seeds;
+    std::vector<std::string> kinds;
+    std::vector<float> a, b;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("init_widths", &widths));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("init_kinds", &kinds));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("init_a", &a));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("init_b", &b));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("init_seeds", &seeds));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("slot_values", &slots_));
+    const size_t k = widths.size();
+    OP_REQUIRES(ctx, kinds.size() == k && a.size() == k && b.size() == k && seeds.size() == k,
+                ::tensorflow::errors::InvalidArgument(
+                    "VlpsHashTableFindOrInit: init_widths, init_kinds, init_a, init_b and "
+                    "init_seeds must have one entry per column group"));
+    int64_t total = 0;
+    for (size_t i = 0; i < k; ++i) {
+      HashTable::InitGroup g;
+      if (kinds[i] == "zeros") {
+        g.kind = HashTable::InitGroup::kZeros;
+      } else if (kinds[i] == "constant") {
+        g.kind = HashTable::InitGroup::kConstant;
+      } else if (kinds[i] == "uniform") {
+        g.kind = HashTable::InitGroup::kUniform;
+      } else {
+        ctx->CtxFailure(::tensorflow::errors::InvalidArgument(
+            "VlpsHashTableFindOrInit: unknown initializer kind '", kinds[i],
+            "' (zeros, constant or uniform)"));
+        return;
+      }
+      g.width = widths[i];
+      g.a = a[i];
+      g.b = b[i];
+      g.seed_word = static_cast<uint64_t>(seeds[i]) * kGolden;
+      total += g.width;
+      groups_.push_back(g);
+    }
+    OP_REQUIRES(ctx, total == dim_,
+                ::tensorflow::errors::InvalidArgument(
+                    "VlpsHashTableFindOrInit: the column groups cover ", total,
+                    " columns, the embedding has ", dim_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    HashTable* table;
+    OP_REQUIRES_OK(ctx, GetHashTable(ctx, &table));
+    ::tensorflow::core::ScopedUnref unref(table);
+    const Tensor& keys = ctx->input(1);
+    const int64_t width = table->value_shape().dim_size(0);
+    OP_REQUIRES(ctx, width == dim_ + static_cast<int64_t>(slots_.size()) + 1,
+                ::tensorflow::errors::InvalidArgument(
+                    "VlpsHashTableFindOrInit: rows of width ", width, " do not fit dim ", dim_,
+                    ", ", slots_.size(), " slot value(s) and a step"));
+    const int64_t n = keys.NumElements();
+    Tensor* rows;
+    Tensor* emb;
+    Tensor* missing;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({n, width}), &rows));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({n, dim_}), &emb));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({}), &missing));
+    missing->scalar<int32_t>()() = n == 0 ? 0 : static_cast<int32_t>(table->FindOrInit(
+        ctx, keys.flat<int64_t>().data(), n, dim_, groups_, slots_,
+        rows->flat<float>().data(), emb->flat<float>().data()));
+  }
+
+ private:
+  int64_t dim_ = 0;
+  std::vector<HashTable::InitGroup> groups_;
+  std::vector<float> slots_;
+};
+
+REGISTER_OP("VlpsHashTableFindOrInit")
+    .Input("table_handle: resource")
+    .Input("keys: int64")
+    .Output("rows: float")
+    .Output("embeddings: float")
+    .Output("missing: int32")
+    .Attr("dim: int")
+    .Attr("init_widths: list(int)")
+    .Attr("init_kinds: list(string)")
+    .Attr("init_a: list(float)")
+    .Attr("init_b: list(float)")
+    .Attr("init_seeds: list(int)")
+    .Attr("slot_values: list(float) >= 0")
+    .SetIsStateful()
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      int64_t dim;
+      TF_RETURN_IF_ERROR(c->GetAttr("dim", &dim));
+      std::vector<float> slots;
+      TF_RETURN_IF_ERROR(c->GetAttr("slot_values", &slots));
+      auto n = c->Dim(c->input(1), 0);
+      c->set_output(0, c->Matrix(n, dim + static_cast<int64_t>(slots.size()) + 1));
+      c->set_output(1, c->Matrix(n, dim));
+      c->set_output(2, c->Scalar());
+      return absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("VlpsHashTableFindOrInit").Device(::tensorflow::DEVICE_CPU),
+                        HashTableFindOrInitOp);
 
 class HashTableEvictOp : public OpKernel {
  public:
