@@ -112,6 +112,13 @@ class _HashTable(tf.lookup.experimental.MutableHashTable):
         return native.ops().vlps_hash_table_buckets(self.resource_handle)
 
 
+def _init_attrs(groups: list[Any]) -> dict[str, list[Any]]:
+    """The table kernels' initial-row attributes from `Initializer.native_groups`."""
+    w, kinds, a, b, seeds = (list(x) for x in zip(*groups, strict=True))
+    return {"init_widths": w, "init_kinds": kinds, "init_a": a, "init_b": b,
+            "init_seeds": seeds}
+
+
 class _Shard:
     """One shard: the rows' hash table, admission candidates, eviction tombstones and
     counters, all on one device."""
@@ -171,15 +178,26 @@ class _Shard:
             self.main.resource_handle, ids, rows, grads, tf.cast(step, tf.int64), rule=rule,
             dim=dim, **attrs)
 
-    def find_or_init(self, ids: tf.Tensor, dim: int, groups: list[Any],
-                     slots: list[float]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """Whole rows of `ids` with the initial rows of missing ids, their embedding columns
-        and how many were missing, in one kernel (`VlpsHashTableFindOrInit`)."""
-        w, kinds, a, b, seeds = (list(x) for x in zip(*groups, strict=True))
+    def find_or_init(self, ids: tf.Tensor, dim: int, groups: list[Any], slots: list[float],
+                     whole_rows: bool = True) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Whole rows of `ids` with the initial rows of missing ids (none unless
+        `whole_rows`), their embedding columns and how many were missing, in one kernel
+        (`VlpsHashTableFindOrInit`)."""
         rows, emb, missing = native.ops().vlps_hash_table_find_or_init(
-            self.main.resource_handle, ids, dim=dim, init_widths=w, init_kinds=kinds,
-            init_a=a, init_b=b, init_seeds=seeds, slot_values=slots)
+            self.main.resource_handle, ids, dim=dim, whole_rows=whole_rows,
+            slot_values=slots, **_init_attrs(groups))
         return rows, emb, missing
+
+    def apply_in_place(self, ids: tf.Tensor, grads: tf.Tensor, step: tf.Tensor, dim: int,
+                       rule: str, attrs: dict[str, float], groups: list[Any],
+                       slots: list[float]) -> tf.Tensor:
+        """The optimizer `rule` on the current rows of unique `ids` where they lie, a new id's
+        row first set to its initial row (`VlpsHashTableApplyInPlace`); returns how many ids
+        were new. No pulled rows are needed, so nothing is compared or bumped: every row read
+        is the row then written, under the table's lock."""
+        return native.ops().vlps_hash_table_apply_in_place(
+            self.main.resource_handle, ids, grads, tf.cast(step, tf.int64), rule=rule,
+            dim=dim, slot_values=slots, **attrs, **_init_attrs(groups))
 
     def remove_rows(self, ids: tf.Tensor) -> None:
         self.version.assign_add(1)
@@ -300,6 +318,10 @@ class EmbeddingTable:
         # The initializer as column groups the table kernel computes while it looks rows up;
         # None: new rows are filled with the initializer's TF ops (see _filled).
         self._native_init = self.initializer.native_groups(dim)
+        # SGD/Adagrad over such an initializer, admitting every id: the push updates rows in
+        # place and creates new ones itself, so the pull keeps no rows for it.
+        self._in_place = (self._native_init is not None and not self.admission.active
+                          and self.optimizer.native_rule() is not None)
 
     @property
     def num_shards(self) -> int:
@@ -374,9 +396,13 @@ class EmbeddingTable:
     def _new_rows(self, ids: tf.Tensor) -> tf.Tensor:
         """Whole initial rows of `ids`: initial embedding, initial slots, step 0.
 
-        Computed by one XLA-compiled function (the initializers' hashing is a dozen
+        Computed by vlps's kernel for the initializers it knows (`native_groups`), else by one
+        XLA-compiled function (the initializers' hashing is a dozen
         element-wise passes over [n, dim] that XLA fuses into one): the ids are padded to a
         power of two so that it compiles once per size class, not once per batch."""
+        if self._native_init is not None:  # the table kernels' values, bit for bit
+            return native.ops().vlps_initial_rows(ids, dim=self.dim, slot_values=self._slot_init,
+                                                  **_init_attrs(self._native_init))
         n = tf.shape(ids)[0]
         return self._initial_rows_fn()(tf.pad(ids, [[0, _size_class(n) - n]]))[:n]
 
@@ -420,6 +446,11 @@ class EmbeddingTable:
         without admission the kept rows are already filled with the initial rows of missing
         ids, so the push computes no initial value a second time."""
         with device_scope(shard.device):
+            if self._in_place and training:
+                assert self._native_init is not None
+                _, emb, _ = shard.find_or_init(ids, self.dim, self._native_init,
+                                               self._slot_init, whole_rows=False)
+                return emb, None
             # Read the version before the lookup: a push compares it to decide reuse.
             version = shard.version.read_value() if keep else None
             with tf.control_dependencies([version] if version is not None else []):
@@ -462,6 +493,12 @@ class EmbeddingTable:
     ) -> None:
         d = self.dim
         with device_scope(shard.device):
+            fused = self.optimizer.native_rule()
+            if self._in_place and fused is not None and self._native_init is not None:
+                created = shard.apply_in_place(ids, grads, step, d, *fused,
+                                               self._native_init, self._slot_init)
+                shard.counters.scatter_nd_add([[0]], created[None])
+                return
             pulled, n_filled, version = kept or (None, None, None)
             if pulled is not None and n_filled is not None and not self.admission.active:
                 # The pull's filled rows, unless the shard changed since the pull.
@@ -483,9 +520,8 @@ class EmbeddingTable:
                     ids, grads, rows = (tf.boolean_mask(ids, keep), tf.boolean_mask(grads, keep),
                                         tf.boolean_mask(rows, keep))
                 rows, n_missing = self._filled(ids, rows)
-            native_rule = self.optimizer.native_rule()
-            if native_rule is not None:
-                shard.apply_rows(ids, rows, grads, step, d, *native_rule)
+            if fused is not None:
+                shard.apply_rows(ids, rows, grads, step, d, *fused)
             else:
                 n = tf.shape(ids)[0]
                 slots = [rows[:, d * (i + 1) : d * (i + 2)]

@@ -202,14 +202,14 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
     const int64_t width = width_;
     ::tensorflow::mutex_lock l(mu_);
     if (rule == Rule::kSgd) {
-      return WriteLocked(ctx, ids, n, [=](int64_t i, float* __restrict dst) {
+      return WriteLocked(ctx, ids, n, [=](int64_t i, float* __restrict dst, bool) {
         const float* __restrict r = in + i * width;
         const float* __restrict gi = g + i * dim;
         for (int64_t j = 0; j < dim; ++j) dst[j] = r[j] - lr * gi[j];
         dst[dim] = stamp;
       });
     }
-    return WriteLocked(ctx, ids, n, [=](int64_t i, float* __restrict dst) {
+    return WriteLocked(ctx, ids, n, [=](int64_t i, float* __restrict dst, bool) {
       const float* __restrict r = in + i * width;
       const float* __restrict gi = g + i * dim;
       for (int64_t j = 0; j < dim; ++j) {
@@ -232,8 +232,9 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
     uint64_t seed_word;  // seed * golden ratio, the hash's key
   };
 
-  // Find whole rows; a missing id gets its initial row. Writes `rows` [n, width] and the
-  // embedding columns `emb` [n, dim] (what the model reads), returns how many were missing.
+  // Find whole rows; a missing id gets its initial row. Writes `rows` [n, width] (unless
+  // null) and the embedding columns `emb` [n, dim] (what the model reads), returns how many
+  // were missing.
   // Reads under the shared lock: nothing is inserted (the push creates the rows).
   int64_t FindOrInit(OpKernelContext* ctx, const int64_t* ids, int64_t n, int64_t dim,
                      const std::vector<InitGroup>& groups, const std::vector<float>& slots,
@@ -243,21 +244,25 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
     ::tensorflow::tf_shared_lock l(mu_);
     ForBlocks(ctx, n, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> slot(end - begin);
+      std::vector<float> scratch(rows == nullptr ? width : 0);
       Locate(ids, begin, end, slot.data());
       int64_t absent = 0;
       for (int64_t i = begin; i < end; ++i) {
         const int64_t ahead = i + kAhead;
         if (ahead < end && slot[ahead - begin] >= 0)
           PrefetchRow(rows_.get() + slot[ahead - begin] * width, width);
-        float* dst = rows + i * width;
         const int64_t s = slot[i - begin];
+        const float* src;
         if (s >= 0 || s == kEmptyKeySlot) {
-          std::memcpy(dst, s >= 0 ? rows_.get() + s * width : empty_row_.data(), row_bytes_);
+          src = s >= 0 ? rows_.get() + s * width : empty_row_.data();
+          if (rows != nullptr) std::memcpy(rows + i * width, src, row_bytes_);
         } else {
           ++absent;
+          float* dst = rows != nullptr ? rows + i * width : scratch.data();
           InitialRow(ids[i], groups, slots, dst);
+          src = dst;
         }
-        std::memcpy(emb + i * dim, dst, dim * sizeof(float));
+        std::memcpy(emb + i * dim, src, dim * sizeof(float));
       }
       missing.fetch_add(absent, std::memory_order_relaxed);
     });
@@ -283,6 +288,52 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
     }
     for (float v : slots) dst[c++] = v;
     dst[c] = 0.0f;  // step 0: the row exists from its first push on
+  }
+
+  // The push without the pulled rows: each id's current row is updated where it lies, and a
+  // new id's bucket first gets its initial row (as FindOrInit computes it). Under the
+  // exclusive lock, so the row read is the row written: the result equals the pull's rows
+  // when nothing changed the shard in between, and the current rows when something did. The
+  // ids must be unique. Returns in `*created` how many ids were new.
+  absl::Status ApplyInPlace(OpKernelContext* ctx, const Tensor& keys, const Tensor& grads,
+                            int64_t step, Rule rule, float lr, float epsilon, int64_t dim,
+                            const std::vector<InitGroup>& groups,
+                            const std::vector<float>& slot_values, int64_t* created) {
+    const int64_t n = keys.NumElements();
+    const int64_t slots = rule == Rule::kAdagrad ? 1 : 0;
+    if (width_ != dim * (1 + slots) + 1 ||
+        static_cast<int64_t>(slot_values.size()) != dim * slots)
+      return ::tensorflow::errors::InvalidArgument(
+          "VlpsHashTableApplyInPlace: rows of width ", width_, " do not fit dim ", dim,
+          " with ", slots, " slot(s) and a step");
+    if (grads.NumElements() != n * dim)
+      return ::tensorflow::errors::InvalidArgument(
+          "VlpsHashTableApplyInPlace: ", n, " ids need ", n, "x", dim, " gradients, got ",
+          grads.shape().DebugString());
+    *created = 0;
+    if (n == 0) return absl::OkStatus();
+    const int64_t* ids = keys.flat<int64_t>().data();
+    const float* g = grads.flat<float>().data();
+    const int32_t step32 = static_cast<int32_t>(step);
+    float stamp;
+    std::memcpy(&stamp, &step32, sizeof(stamp));
+    ::tensorflow::mutex_lock l(mu_);
+    return WriteLocked(ctx, ids, n, [&, g, dim, lr, epsilon, stamp, rule](
+        int64_t i, float* __restrict dst, bool fresh) {
+      if (fresh) InitialRow(ids[i], groups, slot_values, dst);
+      const float* __restrict gi = g + i * dim;
+      if (rule == Rule::kSgd) {
+        for (int64_t j = 0; j < dim; ++j) dst[j] = dst[j] - lr * gi[j];
+        dst[dim] = stamp;
+        return;
+      }
+      for (int64_t j = 0; j < dim; ++j) {
+        const float accum = dst[dim + j] + gi[j] * gi[j];
+        dst[j] = dst[j] - (lr * gi[j]) / std::sqrt(accum + epsilon);
+        dst[dim + j] = accum;
+      }
+      dst[2 * dim] = stamp;
+    }, created);
   }
 
   // Eviction in place: the ids of rows last updated before step - ttl (ttl > 0), then, while
@@ -498,16 +549,18 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
 
   absl::Status InsertLocked(OpKernelContext* ctx, const int64_t* ids, const float* rows,
                             int64_t n) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return WriteLocked(ctx, ids, n, [rows, this](int64_t i, float* dst) {
+    return WriteLocked(ctx, ids, n, [rows, this](int64_t i, float* dst, bool) {
       std::memcpy(dst, rows + i * width_, row_bytes_);
     });
   }
 
-  // Writes row i of a batch of `n` ids with write(i, destination): the id's row, a new bucket
-  // for a new id. Repeated ids: the last write wins.
+  // Writes row i of a batch of `n` ids with write(i, destination, fresh): the id's row, or a
+  // new bucket for a new id (fresh: its contents are undefined). Repeated ids: the last write
+  // wins; `*created` (if given) counts the ids that were new.
   template <typename Write>
   absl::Status WriteLocked(OpKernelContext* ctx, const int64_t* ids, int64_t n,
-                           const Write& write) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+                           const Write& write, int64_t* created = nullptr)
+      TF_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     // 1. Where each id already is (in parallel: the lock is held exclusively, nothing moves).
     std::vector<int64_t> slot(n);
     ForBlocks(ctx, n, [&](int64_t begin, int64_t end) {
@@ -527,9 +580,14 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
     // 3. Place the new ids in order. An id repeated in the batch is placed once; its later
     //    rows must then be written after the earlier ones, so such a batch copies in order.
     bool repeated = false;
+    std::vector<char> fresh(n, 0);
+    int64_t placed = 0;
     for (int64_t i = 0; i < n; ++i) {
       if (slot[i] != kMissing) continue;
       if (ids[i] == kEmpty) {
+        repeated |= has_empty_key_;  // a second sight of the marker in this batch
+        fresh[i] = !has_empty_key_;
+        placed += fresh[i];
         has_empty_key_ = true;
         slot[i] = kEmptyKeySlot;
         continue;
@@ -540,15 +598,19 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
         slot[i] = again;
       } else {
         slot[i] = Place(ids[i]);
+        fresh[i] = 1;
+        ++placed;
       }
     }
+    if (created != nullptr) *created = placed;
     // 4. Write the rows.
     auto copy = [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t ahead = i + kAhead;
         if (ahead < end && slot[ahead] >= 0)
           PrefetchRow(rows_.get() + slot[ahead] * width_, width_);
-        write(i, slot[i] >= 0 ? rows_.get() + slot[i] * width_ : empty_row_.data());
+        write(i, slot[i] >= 0 ? rows_.get() + slot[i] * width_ : empty_row_.data(),
+              fresh[i] != 0);
       }
     };
     // The empty marker's row is a single buffer: copy it in order too if it appears.
@@ -623,15 +685,27 @@ absl::Status GetHashTable(OpKernelContext* ctx, HashTable** out) {
   return absl::OkStatus();
 }
 
+// The attributes of a fused optimizer rule (VlpsHashTableApply and ...ApplyInPlace).
+struct RuleAttrs {
+  HashTable::Rule rule = HashTable::Rule::kSgd;
+  float lr = 0;
+  float epsilon = 0;
+  int64_t dim = 0;
+
+  absl::Status Parse(::tensorflow::OpKernelConstruction* ctx) {
+    std::string name;
+    TF_RETURN_IF_ERROR(ctx->GetAttr("rule", &name));
+    rule = name == "sgd" ? HashTable::Rule::kSgd : HashTable::Rule::kAdagrad;
+    TF_RETURN_IF_ERROR(ctx->GetAttr("learning_rate", &lr));
+    TF_RETURN_IF_ERROR(ctx->GetAttr("epsilon", &epsilon));
+    return ctx->GetAttr("dim", &dim);
+  }
+};
+
 class HashTableApplyOp : public OpKernel {
  public:
   explicit HashTableApplyOp(::tensorflow::OpKernelConstruction* ctx) : OpKernel(ctx) {
-    std::string rule;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("rule", &rule));
-    rule_ = rule == "sgd" ? HashTable::Rule::kSgd : HashTable::Rule::kAdagrad;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("learning_rate", &lr_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("dim", &dim_));
+    OP_REQUIRES_OK(ctx, attrs_.Parse(ctx));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -639,15 +713,12 @@ class HashTableApplyOp : public OpKernel {
     OP_REQUIRES_OK(ctx, GetHashTable(ctx, &table));
     ::tensorflow::core::ScopedUnref unref(table);
     OP_REQUIRES_OK(ctx, table->Apply(ctx, ctx->input(1), ctx->input(2), ctx->input(3),
-                                     ctx->input(4).scalar<int64_t>()(), rule_, lr_, epsilon_,
-                                     dim_));
+                                     ctx->input(4).scalar<int64_t>()(), attrs_.rule, attrs_.lr,
+                                     attrs_.epsilon, attrs_.dim));
   }
 
  private:
-  HashTable::Rule rule_;
-  float lr_ = 0;
-  float epsilon_ = 0;
-  int64_t dim_ = 0;
+  RuleAttrs attrs_;
 };
 
 REGISTER_OP("VlpsHashTableApply")
@@ -666,51 +737,59 @@ REGISTER_OP("VlpsHashTableApply")
 REGISTER_KERNEL_BUILDER(Name("VlpsHashTableApply").Device(::tensorflow::DEVICE_CPU),
                         HashTableApplyOp);
 
+// The initial-row attributes shared by the ops that create rows (see HashTable::InitGroup).
+absl::Status ParseInitAttrs(::tensorflow::OpKernelConstruction* ctx, int64_t dim,
+                            std::vector<HashTable::InitGroup>* groups,
+                            std::vector<float>* slots) {
+  std::vector<int64_t> widths, seeds;
+  std::vector<std::string> kinds;
+  std::vector<float> a, b;
+  TF_RETURN_IF_ERROR(ctx->GetAttr("init_widths", &widths));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("init_kinds", &kinds));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("init_a", &a));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("init_b", &b));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("init_seeds", &seeds));
+  TF_RETURN_IF_ERROR(ctx->GetAttr("slot_values", slots));
+  const size_t k = widths.size();
+  if (kinds.size() != k || a.size() != k || b.size() != k || seeds.size() != k)
+    return ::tensorflow::errors::InvalidArgument(
+        ctx->def().op(), ": init_widths, init_kinds, init_a, init_b and init_seeds must have "
+        "one entry per column group");
+  int64_t total = 0;
+  for (size_t i = 0; i < k; ++i) {
+    HashTable::InitGroup g;
+    if (kinds[i] == "zeros") {
+      g.kind = HashTable::InitGroup::kZeros;
+    } else if (kinds[i] == "constant") {
+      g.kind = HashTable::InitGroup::kConstant;
+    } else if (kinds[i] == "uniform") {
+      g.kind = HashTable::InitGroup::kUniform;
+    } else {
+      return ::tensorflow::errors::InvalidArgument(
+          ctx->def().op(), ": unknown initializer kind '", kinds[i],
+          "' (zeros, constant or uniform)");
+    }
+    g.width = widths[i];
+    g.a = a[i];
+    g.b = b[i];
+    g.seed_word = static_cast<uint64_t>(seeds[i]) * kGolden;
+    total += g.width;
+    groups->push_back(g);
+  }
+  if (total != dim)
+    return ::tensorflow::errors::InvalidArgument(
+        ctx->def().op(), ": the column groups cover ", total, " columns, the embedding has ",
+        dim);
+  return absl::OkStatus();
+}
+
 // Find with initial rows: the training pull of a shard in one op (see HashTable::FindOrInit).
 class HashTableFindOrInitOp : public OpKernel {
  public:
   explicit HashTableFindOrInitOp(::tensorflow::OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("dim", &dim_));
-    std::vector<int64_t> widths, seeds;
-    std::vector<std::string> kinds;
-    std::vector<float> a, b;
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("init_widths", &widths));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("init_kinds", &kinds));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("init_a", &a));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("init_b", &b));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("init_seeds", &seeds));
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("slot_values", &slots_));
-    const size_t k = widths.size();
-    OP_REQUIRES(ctx, kinds.size() == k && a.size() == k && b.size() == k && seeds.size() == k,
-                ::tensorflow::errors::InvalidArgument(
-                    "VlpsHashTableFindOrInit: init_widths, init_kinds, init_a, init_b and "
-                    "init_seeds must have one entry per column group"));
-    int64_t total = 0;
-    for (size_t i = 0; i < k; ++i) {
-      HashTable::InitGroup g;
-      if (kinds[i] == "zeros") {
-        g.kind = HashTable::InitGroup::kZeros;
-      } else if (kinds[i] == "constant") {
-        g.kind = HashTable::InitGroup::kConstant;
-      } else if (kinds[i] == "uniform") {
-        g.kind = HashTable::InitGroup::kUniform;
-      } else {
-        ctx->CtxFailure(::tensorflow::errors::InvalidArgument(
-            "VlpsHashTableFindOrInit: unknown initializer kind '", kinds[i],
-            "' (zeros, constant or uniform)"));
-        return;
-      }
-      g.width = widths[i];
-      g.a = a[i];
-      g.b = b[i];
-      g.seed_word = static_cast<uint64_t>(seeds[i]) * kGolden;
-      total += g.width;
-      groups_.push_back(g);
-    }
-    OP_REQUIRES(ctx, total == dim_,
-                ::tensorflow::errors::InvalidArgument(
-                    "VlpsHashTableFindOrInit: the column groups cover ", total,
-                    " columns, the embedding has ", dim_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("whole_rows", &whole_rows_));
+    OP_REQUIRES_OK(ctx, ParseInitAttrs(ctx, dim_, &groups_, &slots_));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -727,16 +806,18 @@ class HashTableFindOrInitOp : public OpKernel {
     Tensor* rows;
     Tensor* emb;
     Tensor* missing;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({n, width}), &rows));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({whole_rows_ ? n : 0, width}),
+                                             &rows));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({n, dim_}), &emb));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({}), &missing));
     missing->scalar<int32_t>()() = n == 0 ? 0 : static_cast<int32_t>(table->FindOrInit(
         ctx, keys.flat<int64_t>().data(), n, dim_, groups_, slots_,
-        rows->flat<float>().data(), emb->flat<float>().data()));
+        whole_rows_ ? rows->flat<float>().data() : nullptr, emb->flat<float>().data()));
   }
 
  private:
   int64_t dim_ = 0;
+  bool whole_rows_ = true;
   std::vector<HashTable::InitGroup> groups_;
   std::vector<float> slots_;
 };
@@ -748,6 +829,7 @@ REGISTER_OP("VlpsHashTableFindOrInit")
     .Output("embeddings: float")
     .Output("missing: int32")
     .Attr("dim: int")
+    .Attr("whole_rows: bool = true")
     .Attr("init_widths: list(int)")
     .Attr("init_kinds: list(string)")
     .Attr("init_a: list(float)")
@@ -758,10 +840,13 @@ REGISTER_OP("VlpsHashTableFindOrInit")
     .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
       int64_t dim;
       TF_RETURN_IF_ERROR(c->GetAttr("dim", &dim));
+      bool whole;
+      TF_RETURN_IF_ERROR(c->GetAttr("whole_rows", &whole));
       std::vector<float> slots;
       TF_RETURN_IF_ERROR(c->GetAttr("slot_values", &slots));
       auto n = c->Dim(c->input(1), 0);
-      c->set_output(0, c->Matrix(n, dim + static_cast<int64_t>(slots.size()) + 1));
+      c->set_output(0, c->Matrix(whole ? n : c->MakeDim(0),
+                                 dim + static_cast<int64_t>(slots.size()) + 1));
       c->set_output(1, c->Matrix(n, dim));
       c->set_output(2, c->Scalar());
       return absl::OkStatus();
@@ -769,6 +854,111 @@ REGISTER_OP("VlpsHashTableFindOrInit")
 
 REGISTER_KERNEL_BUILDER(Name("VlpsHashTableFindOrInit").Device(::tensorflow::DEVICE_CPU),
                         HashTableFindOrInitOp);
+
+// The push of SGD and Adagrad rows in place, new rows initialised in the kernel (see
+// HashTable::ApplyInPlace).
+class HashTableApplyInPlaceOp : public OpKernel {
+ public:
+  explicit HashTableApplyInPlaceOp(::tensorflow::OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, attrs_.Parse(ctx));
+    OP_REQUIRES_OK(ctx, ParseInitAttrs(ctx, attrs_.dim, &groups_, &slots_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    HashTable* table;
+    OP_REQUIRES_OK(ctx, GetHashTable(ctx, &table));
+    ::tensorflow::core::ScopedUnref unref(table);
+    int64_t created = 0;
+    OP_REQUIRES_OK(ctx, table->ApplyInPlace(ctx, ctx->input(1), ctx->input(2),
+                                            ctx->input(3).scalar<int64_t>()(), attrs_.rule,
+                                            attrs_.lr, attrs_.epsilon, attrs_.dim, groups_,
+                                            slots_, &created));
+    Tensor* out;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
+    out->scalar<int64_t>()() = created;
+  }
+
+ private:
+  RuleAttrs attrs_;
+  std::vector<HashTable::InitGroup> groups_;
+  std::vector<float> slots_;
+};
+
+REGISTER_OP("VlpsHashTableApplyInPlace")
+    .Input("table_handle: resource")
+    .Input("keys: int64")
+    .Input("grads: float")
+    .Input("step: int64")
+    .Output("created: int64")
+    .Attr("rule: {'sgd', 'adagrad'}")
+    .Attr("learning_rate: float")
+    .Attr("epsilon: float = 0")
+    .Attr("dim: int")
+    .Attr("init_widths: list(int)")
+    .Attr("init_kinds: list(string)")
+    .Attr("init_a: list(float)")
+    .Attr("init_b: list(float)")
+    .Attr("init_seeds: list(int)")
+    .Attr("slot_values: list(float) >= 0")
+    .SetIsStateful()
+    .SetShapeFn(::tensorflow::shape_inference::ScalarShape);
+
+REGISTER_KERNEL_BUILDER(Name("VlpsHashTableApplyInPlace").Device(::tensorflow::DEVICE_CPU),
+                        HashTableApplyInPlaceOp);
+
+// The initial rows of ids without a table (the fill of rows looked up before an admission
+// check; the same values as FindOrInit writes).
+class InitialRowsOp : public OpKernel {
+ public:
+  explicit InitialRowsOp(::tensorflow::OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("dim", &dim_));
+    OP_REQUIRES_OK(ctx, ParseInitAttrs(ctx, dim_, &groups_, &slots_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& keys = ctx->input(0);
+    const int64_t n = keys.NumElements();
+    const int64_t width = dim_ + static_cast<int64_t>(slots_.size()) + 1;
+    Tensor* rows;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({n, width}), &rows));
+    const int64_t* ids = keys.flat<int64_t>().data();
+    float* out = rows->flat<float>().data();
+    const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+    ::tensorflow::Shard(workers->num_threads, workers->workers, n, 50 * width,
+                        [&](int64_t begin, int64_t end) {
+                          for (int64_t i = begin; i < end; ++i)
+                            HashTable::InitialRow(ids[i], groups_, slots_, out + i * width);
+                        });
+  }
+
+ private:
+  int64_t dim_ = 0;
+  std::vector<HashTable::InitGroup> groups_;
+  std::vector<float> slots_;
+};
+
+REGISTER_OP("VlpsInitialRows")
+    .Input("keys: int64")
+    .Output("rows: float")
+    .Attr("dim: int")
+    .Attr("init_widths: list(int)")
+    .Attr("init_kinds: list(string)")
+    .Attr("init_a: list(float)")
+    .Attr("init_b: list(float)")
+    .Attr("init_seeds: list(int)")
+    .Attr("slot_values: list(float) >= 0")
+    .SetShapeFn([](::tensorflow::shape_inference::InferenceContext* c) {
+      int64_t dim;
+      TF_RETURN_IF_ERROR(c->GetAttr("dim", &dim));
+      std::vector<float> slots;
+      TF_RETURN_IF_ERROR(c->GetAttr("slot_values", &slots));
+      c->set_output(0, c->Matrix(c->Dim(c->input(0), 0),
+                                 dim + static_cast<int64_t>(slots.size()) + 1));
+      return absl::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("VlpsInitialRows").Device(::tensorflow::DEVICE_CPU),
+                        InitialRowsOp);
 
 class HashTableEvictOp : public OpKernel {
  public:
