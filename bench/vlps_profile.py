@@ -2,7 +2,7 @@
 
 The README's CTR model (Wide&Deep: a deep embedding of dim `--dim` and a wide weight of dim 1
 per id over the same 26 id fields, Adagrad; by default both in one table row, `--layout two`
-for two tables) does per step and per table: `tf.unique` of the batch's ids, partition by
+for two tables) does per step and per table: the unique of the batch's ids (`VlpsUnique`), partition by
 shard (none with one shard), hash-table lookup of the unique ids with the initial rows of new
 ids filled in (pull), gather back to the batch, the gradient's sum per unique id, the
 optimizer on the rows and the hash-table insert (push). Gather and gradient sum are the ones
@@ -45,6 +45,7 @@ def main() -> None:
     import tensorflow as tf
 
     import vlps
+    from vlps import native
     from vlps.data import synthetic_ctr
     from vlps.initializers import Columns
     from vlps.layers import _xla_gather
@@ -70,7 +71,7 @@ def main() -> None:
             s = step.assign_add(1)
             out = tf.constant(0.0)
             flat = tf.reshape(cat, [-1])
-            unique, idx = tf.unique(flat)  # one unique for every table (as the layers share it)
+            unique, idx = native.unique(flat)  # one for every table, as the layers share it
             out += tf.cast(tf.size(unique), tf.float32)
             for t, columns in zip(tables, groups, strict=True):
                 if depth < 2:

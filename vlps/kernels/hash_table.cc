@@ -579,29 +579,48 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
     }
     // 3. Place the new ids in order. An id repeated in the batch is placed once; its later
     //    rows must then be written after the earlier ones, so such a batch copies in order.
+    //    One walk per new id from its home bucket: the id itself (placed earlier in this
+    //    batch: a repeat) or the first empty bucket, which it takes; the home buckets of the
+    //    next ids are loaded ahead.
     bool repeated = false;
     std::vector<char> fresh(n, 0);
-    int64_t placed = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      if (slot[i] != kMissing) continue;
-      if (ids[i] == kEmpty) {
+    std::vector<int64_t> todo;
+    for (int64_t i = 0; i < n; ++i)
+      if (slot[i] == kMissing) todo.push_back(i);
+    const int64_t mask = capacity_ - 1;
+    const int64_t m = static_cast<int64_t>(todo.size());
+    for (int64_t t = 0; t < m; ++t) {
+      if (t + kAhead < m) {
+        const int64_t next = ids[todo[t + kAhead]];
+        __builtin_prefetch(keys_.get() + (static_cast<int64_t>(Mix(next)) & mask));
+      }
+      const int64_t i = todo[t];
+      const int64_t id = ids[i];
+      if (id == kEmpty) {
         repeated |= has_empty_key_;  // a second sight of the marker in this batch
         fresh[i] = !has_empty_key_;
-        placed += fresh[i];
         has_empty_key_ = true;
         slot[i] = kEmptyKeySlot;
         continue;
       }
-      const int64_t again = Probe(ids[i]);
-      if (again != kMissing) {
-        repeated = true;
-        slot[i] = again;
-      } else {
-        slot[i] = Place(ids[i]);
-        fresh[i] = 1;
-        ++placed;
+      for (int64_t b = static_cast<int64_t>(Mix(id)) & mask;; b = (b + 1) & mask) {
+        const int64_t k = keys_[b];
+        if (k == id) {
+          repeated = true;
+          slot[i] = b;
+          break;
+        }
+        if (k == kEmpty) {
+          keys_[b] = id;
+          ++size_;
+          fresh[i] = 1;
+          slot[i] = b;
+          break;
+        }
       }
     }
+    int64_t placed = 0;
+    for (int64_t i : todo) placed += fresh[i];
     if (created != nullptr) *created = placed;
     // 4. Write the rows.
     auto copy = [&](int64_t begin, int64_t end) {
