@@ -3,12 +3,12 @@
 The README's CTR model (Wide&Deep: a deep embedding of dim `--dim` and a wide weight of dim 1
 per id over the same 26 id fields, Adagrad; by default both in one table row, `--layout two`
 for two tables) does per step and per table: the unique of the batch's ids (`VlpsUnique`),
-partition by shard (none with one shard), hash-table lookup of the unique ids with the
-initial rows of new ids filled in (pull), gather back to the batch, the gradient's sum per
-unique id, the optimizer on the rows and the hash-table insert (push). Gather and gradient sum are the ones
-the DynamicEmbedding layer runs in training (`vlps.layers._xla_gather`). Each stage is timed
-by ablation: one `tf.function` per prefix of the pipeline (unique; unique+lookup; ... ; the
-whole sparse step), run on the same batches in alternated rounds; a stage's cost is the
+partition by shard (none with one shard), hash-table lookup of the unique ids with the initial
+rows of new ids filled in (pull), gather back to the batch, the gradient's sum per unique id,
+the optimizer on the rows and the hash-table insert (push). Gather and gradient sum are the
+ones the DynamicEmbedding layer runs in training (`vlps.layers._xla_gather`). Each stage is
+timed by ablation: one `tf.function` per prefix of the pipeline (unique; unique+lookup; ... ;
+the whole sparse step), run on the same batches in alternated rounds; a stage's cost is the
 difference of consecutive medians. The dense part (the MLP forward+backward+update, on a fixed
 embedding tensor) is timed in the same rounds.
 
