@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SOURCES = [HERE / "kernels" / "hash_table.cc", HERE / "kernels" / "unique.cc"]
+SOURCES = [HERE / "kernels" / "hash_table.cc", HERE / "kernels" / "unique.cc",
+           HERE / "kernels" / "dense_apply.cc"]
 HEADERS = [HERE / "kernels" / "mix.h"]
 # -fno-math-errno: std::sqrt need not set errno, so the optimizer loops vectorise (sqrtps);
 # IEEE square root and division are correctly rounded either way (same bits).

@@ -18,6 +18,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from vlps import native
 from vlps.placement import device_scope
 
 
@@ -78,19 +79,32 @@ class Optimizer:
     def dense_slots(self, variable: Any) -> list[tf.Variable]:
         return self._dense_slots[id(variable)]
 
+    def _slots_of(self, v: Any) -> list[tf.Variable]:
+        slots = self._dense_slots.get(id(v))
+        if slots is None:
+            raise RuntimeError(
+                f"vlps optimizer: variable {getattr(v, 'path', v.name)} has no slots; "
+                "call build_dense(variables) first (vlps.Trainer does this)"
+            )
+        return slots
+
     def apply_dense(self, grads_and_vars: list[tuple[Any, Any]], step: tf.Tensor) -> None:
-        """Apply the rule to dense variables with plain assign ops (works inside PS functions)."""
-        for g, v in grads_and_vars:
-            if g is None:
-                continue
-            if isinstance(g, tf.IndexedSlices):
-                g = tf.convert_to_tensor(g)
-            slots = self._dense_slots.get(id(v))
-            if slots is None:
-                raise RuntimeError(
-                    f"vlps optimizer: variable {getattr(v, 'path', v.name)} has no slots; "
-                    "call build_dense(variables) first (vlps.Trainer does this)"
-                )
+        """Apply the rule to dense variables where they live (works inside PS functions).
+
+        SGD and Adagrad on float32 variables: one `VlpsDenseApply` per device for all its
+        variables, from their gradients concatenated; other rules: the rule's TF ops."""
+        pairs = [(tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g, v)
+                 for g, v in grads_and_vars if g is not None]
+        if self.native_rule() is not None and all(v.dtype == tf.float32 for _, v in pairs):
+            by_device: dict[str, list[tuple[Any, Any]]] = {}
+            for g, v in pairs:
+                by_device.setdefault(getattr(_tf_var(v), "device", "") or "", []).append((g, v))
+            for device, group in by_device.items():
+                flat = tf.concat([tf.reshape(tf.cast(g, tf.float32), [-1]) for g, _ in group], 0)
+                self.apply_dense_flat([v for _, v in group], flat, device or None)
+            return
+        for g, v in pairs:
+            slots = self._slots_of(v)
             # On a cluster the update runs where the variable lives (a ps task): only the
             # gradient crosses the network, not the variable, its slots and their new values.
             with device_scope(getattr(_tf_var(v), "device", None) or None):
@@ -101,10 +115,24 @@ class Optimizer:
                     s.assign(ns)
                 v.assign(new_v)
 
+    def apply_dense_flat(self, variables: list[Any], flat: tf.Tensor,
+                         device: str | None) -> None:
+        """The fused rule (`native_rule`) on float32 `variables` that all live on `device`,
+        from their gradients flattened and concatenated in order: one op there."""
+        fused = self.native_rule()
+        assert fused is not None, "apply_dense_flat needs an optimizer with a native rule"
+        rule, attrs = fused
+        handles = [_tf_var(v).handle for v in variables]
+        slots = [s.handle for v in variables for s in self._slots_of(v)]
+        with device_scope(device):
+            native.ops().vlps_dense_apply(handles, slots, flat, rule=rule, **attrs)
+
 
 def _tf_var(v: Any) -> Any:
-    # Keras 3 variables wrap a tf.Variable in `.value`; colocation needs the tf.Variable.
-    return getattr(v, "value", v)
+    # Keras 3 variables wrap a tf.Variable in `.value`; colocation needs the tf.Variable (a
+    # tf.Variable's own `.value` is a method).
+    inner = getattr(v, "value", None)
+    return inner if isinstance(inner, tf.Variable) else v
 
 
 class SGD(Optimizer):

@@ -91,6 +91,10 @@ class DensePacking:
             if not idx:
                 continue
             flat = tf.concat([tf.reshape(tf.convert_to_tensor(grads[i]), [-1]) for i in idx], 0)
+            if optimizer.native_rule() is not None and flat.dtype == tf.float32:
+                # One op on the ps for the whole group (VlpsDenseApply).
+                optimizer.apply_dense_flat([variables[i] for i in idx], flat, device)
+                continue
             with tf.device(device):
                 parts = tf.split(flat, self._sizes(idx))
                 optimizer.apply_dense(

@@ -100,3 +100,36 @@ def test_bad_hyperparameters() -> None:
         vlps.Adagrad(0.0)
     with pytest.raises(ValueError, match="unknown vlps optimizer"):
         vlps.EmbeddingTable("t_bad", 2, optimizer="rmsprop")
+
+
+@pytest.mark.parametrize("opt", [vlps.SGD(0.3), vlps.Adagrad(0.2, initial_accumulator_value=0.1)])
+def test_the_fused_dense_update_equals_the_rules_tf_ops(opt) -> None:
+    """`VlpsDenseApply` (one op for all the variables of a device) gives, bit for bit, what
+    the rule's TF ops give eagerly, for variables of several shapes; a gradient of the wrong
+    size is refused with the counts and changes nothing."""
+    rng = np.random.default_rng(3)
+    shapes = [(4, 3), (3,), (2, 2, 2)]
+    inits = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    fused = [tf.Variable(x) for x in inits]
+    opt.build_dense(fused)
+    want = [x.copy() for x in inits]
+    slots = [np.full(s, v, np.float32) for s in shapes for v in opt.initial_slot_values()]
+    for step in range(1, 4):
+        grads = [rng.normal(size=s).astype(np.float32) for s in shapes]
+        opt.apply_dense(list(zip([tf.constant(g) for g in grads], fused, strict=True)),
+                        tf.constant(step, tf.int64))
+        for i, g in enumerate(grads):
+            mine = [tf.constant(slots[i])] if slots else []
+            new, new_slots = opt.update(tf.constant(want[i]), mine, tf.constant(g), step)
+            want[i] = new.numpy()
+            if slots:
+                slots[i] = new_slots[0].numpy()
+    for v, w in zip(fused, want, strict=True):
+        np.testing.assert_array_equal(v.numpy().view(np.int32), w.view(np.int32))
+    before = [v.numpy() for v in fused]
+    for wrong in (5, 13):  # short of the first variable; covering the first only
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=f"the gradient has {wrong} elements, the variables 23"):
+            opt.apply_dense_flat(fused, tf.ones([wrong]), None)
+    for v, b in zip(fused, before, strict=True):
+        np.testing.assert_array_equal(v.numpy(), b)
