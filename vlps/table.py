@@ -319,9 +319,12 @@ class EmbeddingTable:
         # None: new rows are filled with the initializer's TF ops (see _filled).
         self._native_init = self.initializer.native_groups(dim)
         # SGD/Adagrad over such an initializer, admitting every id: the push updates rows in
-        # place and creates new ones itself, so the pull keeps no rows for it.
-        self._in_place = (self._native_init is not None and not self.admission.active
-                          and self.optimizer.native_rule() is not None)
+        # place and creates new ones itself, so the pull keeps no rows for it. (The fused
+        # rule and the groups, or None.)
+        fused = self.optimizer.native_rule()
+        self._in_place = ((fused, self._native_init)
+                          if fused is not None and self._native_init is not None
+                          and not self.admission.active else None)
 
     @property
     def num_shards(self) -> int:
@@ -446,9 +449,8 @@ class EmbeddingTable:
         without admission the kept rows are already filled with the initial rows of missing
         ids, so the push computes no initial value a second time."""
         with device_scope(shard.device):
-            if self._in_place and training:
-                assert self._native_init is not None
-                _, emb, _ = shard.find_or_init(ids, self.dim, self._native_init,
+            if self._in_place is not None and training:
+                _, emb, _ = shard.find_or_init(ids, self.dim, self._in_place[1],
                                                self._slot_init, whole_rows=False)
                 return emb, None
             # Read the version before the lookup: a push compares it to decide reuse.
@@ -493,12 +495,13 @@ class EmbeddingTable:
     ) -> None:
         d = self.dim
         with device_scope(shard.device):
-            fused = self.optimizer.native_rule()
-            if self._in_place and fused is not None and self._native_init is not None:
-                created = shard.apply_in_place(ids, grads, step, d, *fused,
-                                               self._native_init, self._slot_init)
+            if self._in_place is not None:
+                (rule, attrs), groups = self._in_place
+                created = shard.apply_in_place(ids, grads, step, d, rule, attrs, groups,
+                                               self._slot_init)
                 shard.counters.scatter_nd_add([[0]], created[None])
                 return
+            fused = self.optimizer.native_rule()
             pulled, n_filled, version = kept or (None, None, None)
             if pulled is not None and n_filled is not None and not self.admission.active:
                 # The pull's filled rows, unless the shard changed since the pull.

@@ -1,15 +1,12 @@
 // VlpsDenseApply: the SGD or Adagrad step of several dense variables in one op, from one flat
 // gradient (the variables' gradients concatenated in order). On a cluster the dense variables
 // of a ps task are updated by one op there instead of a dozen TF ops per variable, each a
-// thread hand-off in the ps's executor. The arithmetic is the rule's, in the same order as
-// vlps/optimizers.py writes it and as VlpsHashTableApply computes rows:
-//   sgd:     var -= lr * g
-//   adagrad: accum += g * g;  var -= (lr * g) / sqrt(accum + epsilon)
+// thread hand-off in the ps's executor. The arithmetic is the rule's (vlps/kernels/rules.h,
+// shared with the table's push).
 // Variables and slots are locked in address order, as TF's own training ops lock theirs.
 
 #define EIGEN_USE_THREADS
 
-#include <cmath>
 #include <numeric>
 #include <string>
 #include <vector>
@@ -18,6 +15,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "tensorflow/core/kernels/training_op_helpers.h"
+#include "vlps/kernels/rules.h"
 
 namespace vlps {
 namespace {
@@ -73,17 +71,12 @@ class DenseApplyOp : public OpKernel {
     int64_t offset = 0;
     for (int i = 0; i < n_; ++i) {
       const int64_t size = vars[i].NumElements();
-      float* __restrict v = vars[i].flat<float>().data();
-      const float* __restrict gi = g + offset;
+      float* v = vars[i].flat<float>().data();
       if (adagrad_) {
-        float* __restrict a = accums[i].flat<float>().data();
-        for (int64_t j = 0; j < size; ++j) {
-          const float acc = a[j] + gi[j] * gi[j];
-          v[j] = v[j] - (lr_ * gi[j]) / std::sqrt(acc + epsilon_);
-          a[j] = acc;
-        }
+        float* a = accums[i].flat<float>().data();
+        AdagradStep(v, a, g + offset, lr_, epsilon_, size, v, a);
       } else {
-        for (int64_t j = 0; j < size; ++j) v[j] = v[j] - lr_ * gi[j];
+        SgdStep(v, g + offset, lr_, size, v);
       }
       offset += size;
     }

@@ -37,6 +37,7 @@
 #include "tensorflow/core/platform/mutex.h"
 #include "tensorflow/core/util/work_sharder.h"
 #include "vlps/kernels/mix.h"
+#include "vlps/kernels/rules.h"
 
 namespace vlps {
 
@@ -201,24 +202,22 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
     std::memcpy(&stamp, &step32, sizeof(stamp));
     const int64_t width = width_;
     ::tensorflow::mutex_lock l(mu_);
-    if (rule == Rule::kSgd) {
-      return WriteLocked(ctx, ids, n, [=](int64_t i, float* __restrict dst, bool) {
-        const float* __restrict r = in + i * width;
-        const float* __restrict gi = g + i * dim;
-        for (int64_t j = 0; j < dim; ++j) dst[j] = r[j] - lr * gi[j];
-        dst[dim] = stamp;
-      });
-    }
-    return WriteLocked(ctx, ids, n, [=](int64_t i, float* __restrict dst, bool) {
-      const float* __restrict r = in + i * width;
-      const float* __restrict gi = g + i * dim;
-      for (int64_t j = 0; j < dim; ++j) {
-        const float accum = r[dim + j] + gi[j] * gi[j];
-        dst[j] = r[j] - (lr * gi[j]) / std::sqrt(accum + epsilon);
-        dst[dim + j] = accum;
-      }
-      dst[2 * dim] = stamp;
+    return WriteLocked(ctx, ids, n, [=](int64_t i, float* dst, bool) {
+      UpdateRow(rule, lr, epsilon, dim, in + i * width, g + i * dim, stamp, dst);
     });
+  }
+
+  // One optimizer step on a row [embedding | slots | step] read from `row` (which may be
+  // `dst` itself) and written to `dst`, stamped with `stamp`.
+  static void UpdateRow(Rule rule, float lr, float epsilon, int64_t dim, const float* row,
+                        const float* g, float stamp, float* dst) {
+    if (rule == Rule::kSgd) {
+      SgdStep(row, g, lr, dim, dst);
+      dst[dim] = stamp;
+      return;
+    }
+    AdagradStep(row, row + dim, g, lr, epsilon, dim, dst, dst + dim);
+    dst[2 * dim] = stamp;
   }
 
   // How a missing id's row starts: per column group of the embedding a kind (zeros, a
@@ -319,20 +318,9 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
     std::memcpy(&stamp, &step32, sizeof(stamp));
     ::tensorflow::mutex_lock l(mu_);
     return WriteLocked(ctx, ids, n, [&, g, dim, lr, epsilon, stamp, rule](
-        int64_t i, float* __restrict dst, bool fresh) {
+        int64_t i, float* dst, bool fresh) {
       if (fresh) InitialRow(ids[i], groups, slot_values, dst);
-      const float* __restrict gi = g + i * dim;
-      if (rule == Rule::kSgd) {
-        for (int64_t j = 0; j < dim; ++j) dst[j] = dst[j] - lr * gi[j];
-        dst[dim] = stamp;
-        return;
-      }
-      for (int64_t j = 0; j < dim; ++j) {
-        const float accum = dst[dim + j] + gi[j] * gi[j];
-        dst[j] = dst[j] - (lr * gi[j]) / std::sqrt(accum + epsilon);
-        dst[dim + j] = accum;
-      }
-      dst[2 * dim] = stamp;
+      UpdateRow(rule, lr, epsilon, dim, dst, g + i * dim, stamp, dst);
     }, created);
   }
 
@@ -619,9 +607,7 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
         }
       }
     }
-    int64_t placed = 0;
-    for (int64_t i : todo) placed += fresh[i];
-    if (created != nullptr) *created = placed;
+    if (created != nullptr) *created = std::count(fresh.begin(), fresh.end(), 1);
     // 4. Write the rows.
     auto copy = [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
