@@ -185,7 +185,7 @@ def cmd_model(args: argparse.Namespace) -> int:
             body["job_id"] = int(args.job)
         if args.group:
             body["group"] = args.group
-        out = client._request("POST", f"/models/{args.name}/versions", json=body).json()
+        out = client.register_version(args.name, body)
         print(f"model {out['model']} version {out['version']} (job {out['job_id']}): inputs "
               + ", ".join(f"{k} {v['dtype']}{v['shape']}"
                           for k, v in out["signature"]["inputs"].items()))

@@ -80,6 +80,12 @@ def load_credentials(
     return Credentials(url=url.rstrip("/") + "/", token=token)
 
 
+#: How long a model registration may take to answer: the service copies the export and loads it
+#: in the serving environment to read its signature (a TensorFlow import: seconds when its files
+#: are cached, tens of seconds from a cold disk), bounded by its own `inspect_timeout` (120 s).
+REGISTER_TIMEOUT = 300.0
+
+
 class MLPClient:
     def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 30.0):
         creds = load_credentials(url, token)
@@ -100,8 +106,11 @@ class MLPClient:
                 f"{e.__class__.__name__}; is the hub running?",
             ) from None
         except requests.Timeout:
+            t = kwargs["timeout"]
+            waited = t[-1] if isinstance(t, tuple) else t
             raise MLPError(
-                0, "timeout", f"the mlp service at {self.base} did not answer in {self.timeout:g} s"
+                0, "timeout", f"the mlp service at {self.base} did not answer {method} {path} in "
+                f"{waited:g} s; look at the hub's log (the mlp service logs there), or retry",
             ) from None
         if r.status_code >= 400:
             try:
@@ -112,6 +121,12 @@ class MLPClient:
                 r.status_code, body.get("error", "http"), body.get("message", r.reason), body
             )
         return r
+
+    def register_version(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /models/{name}/versions: waits up to REGISTER_TIMEOUT for the answer."""
+        out: dict[str, Any] = self._request("POST", f"/models/{name}/versions", json=body,
+                                            timeout=(self.timeout, REGISTER_TIMEOUT)).json()
+        return out
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
         return self._request("POST", "/jobs", json=spec).json()

@@ -28,8 +28,7 @@ class ServingClient(MagicsClient):
         for key, value in (("job_id", job_id), ("path", path), ("group", group)):
             if value is not None:
                 body[key] = value
-        out: dict[str, Any] = self._request("POST", f"/models/{name}/versions", json=body).json()
-        return out
+        return self.register_version(name, body)
 
     def model(self, name: str) -> dict[str, Any]:
         out: dict[str, Any] = self._request("GET", f"/models/{name}").json()

@@ -3,6 +3,7 @@ driven by real short jobs (plain Python scripts, no TensorFlow)."""
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
@@ -56,6 +57,21 @@ def test_client_against_the_service(client: MagicsClient, closed_url: str):
         away.jobs()
     assert "cannot reach the mlp service" in describe_error(info.value)
     assert "retry" in describe_error(info.value)
+
+
+def test_a_service_that_does_not_answer_is_named_with_the_call_and_the_wait():
+    # The kernel completes the TCP handshake of a listening socket nobody accepts from: the
+    # request goes out and no answer comes back.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        port = silent.getsockname()[1]
+        slow = MagicsClient(url=f"http://127.0.0.1:{port}/services/mlp/", token="t", timeout=0.5)
+        with pytest.raises(MLPError) as info:
+            slow.job(7)
+    message = describe_error(info.value)
+    assert info.value.error == "timeout", message
+    assert "did not answer GET /jobs/7 in 0.5 s" in message and "hub's log" in message
 
 
 def test_dashboard_follows_a_real_job_to_success(shell):

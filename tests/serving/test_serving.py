@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 from servekit import Served, ctr_instances, registry_path, saved_model_outputs
 
+from mlp.client import REGISTER_TIMEOUT
+
 
 # --------------------------------------------------------------------------- registry
 def test_register_a_trained_version(served: Served) -> None:
     job = served.jobs[0]
-    r = served.alice("POST", "/models/ctr/versions",
+    r = served.alice("POST", "/models/ctr/versions", timeout=REGISTER_TIMEOUT,
                      json={"job_id": job["id"], "description": "wide & deep on synthetic ctr"})
     assert r.status_code == 201, r.text
     v = r.json()
@@ -187,7 +189,8 @@ def test_mlp_deploy_magic_shows_the_endpoint_metrics_and_a_try_it_box(
 
 
 def test_a_deployment_over_quota_is_refused_with_numbers(served: Served) -> None:
-    r = served.alice("POST", "/models/ctr-big/versions", json={"job_id": served.jobs[0]["id"]})
+    r = served.alice("POST", "/models/ctr-big/versions", json={"job_id": served.jobs[0]["id"]},
+                     timeout=REGISTER_TIMEOUT)
     assert r.status_code == 201, r.text
     r = served.alice("POST", "/models/ctr-big/deployments", json={"cpu": 60, "replicas": 2})
     assert r.status_code == 409, r.text
@@ -198,7 +201,8 @@ def test_a_deployment_over_quota_is_refused_with_numbers(served: Served) -> None
 
 
 def test_rolling_to_a_new_version_drops_no_request(served: Served) -> None:
-    r = served.alice("POST", "/models/ctr/versions", json={"job_id": served.jobs[1]["id"]})
+    r = served.alice("POST", "/models/ctr/versions", json={"job_id": served.jobs[1]["id"]},
+                     timeout=REGISTER_TIMEOUT)
     assert r.status_code == 201 and r.json()["version"] == 2, r.text
     (d,) = served.alice("GET", "/models/ctr/deployments").json()["deployments"]
     body = {"instances": ctr_instances(3)}
