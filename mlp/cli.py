@@ -185,10 +185,15 @@ def cmd_model(args: argparse.Namespace) -> int:
             body["job_id"] = int(args.job)
         if args.group:
             body["group"] = args.group
+        source = args.path or "export"
+        where = f"job {args.job}'s folder" if args.job != "-" else "your home"
+        print(f"registering {source} (in {where}) as a new version of {args.name}: the service "
+              "copies it and loads it to read its signature (seconds; longer on a cold disk)",
+              file=sys.stderr, flush=True)
         out = client.register_version(args.name, body)
         print(f"model {out['model']} version {out['version']} (job {out['job_id']}): inputs "
               + ", ".join(f"{k} {v['dtype']}{v['shape']}"
-                          for k, v in out["signature"]["inputs"].items()))
+                          for k, v in sorted(out["signature"]["inputs"].items())))
     elif action == "list":
         for m in client._request("GET", "/models").json()["models"]:
             print(f"{m['name']:<24} owner {m['owner']:<12} versions {m['versions']:<3} "

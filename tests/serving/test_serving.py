@@ -306,3 +306,32 @@ def test_a_server_that_keeps_dying_marks_the_deployment_failed_with_the_reason(
                    for r in served.alice("GET", "/reservations").json()["reservations"])
     r = served.query("ctr-big", "v1/models/ctr-big:predict", {"instances": ctr_instances(1)})
     assert r.status_code == 503 and "no running deployment" in r.json()["message"], r.text
+
+
+def test_the_command_line_registers_a_version_saying_what_it_waits_for(served: Served) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MLP_URL": f"{served.hub.url}/services/mlp/",
+           "JUPYTERHUB_API_TOKEN": served.hub.user_token("alice")}
+
+    def mlp(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mlp", "model", *args], env=env,
+                              capture_output=True, text=True, timeout=REGISTER_TIMEOUT + 60,
+                              stdin=subprocess.DEVNULL)
+
+    job = served.jobs[0]["id"]
+    r = mlp("register", "--name", "ctr-cli", str(job))
+    assert r.returncode == 0, r.stderr
+    assert (f"registering export (in job {job}'s folder) as a new version of ctr-cli"
+            in r.stderr), r.stderr
+    assert r.stdout.strip() == (f"model ctr-cli version 1 (job {job}): inputs "
+                                "cat int64[None, 26], num float32[None, 13]"), r.stdout
+    listed = mlp("list")
+    assert listed.returncode == 0 and any(
+        line.split()[:3] == ["ctr-cli", "owner", "alice"] for line in listed.stdout.splitlines()
+    ), listed.stdout
+    # A refusal names the cause and stores nothing.
+    bad = mlp("register", "--name", "ctr-cli", str(job), "no-such-export")
+    assert bad.returncode != 0 and "does not exist" in bad.stderr, bad.stderr
+    assert len(served.alice("GET", "/models/ctr-cli/versions").json()["versions"]) == 1
