@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -309,9 +311,6 @@ def test_a_server_that_keeps_dying_marks_the_deployment_failed_with_the_reason(
 
 
 def test_the_command_line_registers_a_version_saying_what_it_waits_for(served: Served) -> None:
-    import subprocess
-    import sys
-
     env = {**os.environ, "MLP_URL": f"{served.hub.url}/services/mlp/",
            "JUPYTERHUB_API_TOKEN": served.hub.user_token("alice")}
 
