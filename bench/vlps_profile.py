@@ -6,7 +6,7 @@ for two tables) does per step and per table: the unique of the batch's ids (`Vlp
 partition by shard (none with one shard), hash-table lookup of the unique ids with the initial
 rows of new ids filled in (pull), gather back to the batch, the gradient's sum per unique id,
 the optimizer on the rows and the hash-table insert (push). Gather and gradient sum are the
-ones the DynamicEmbedding layer runs in training (`vlps.layers._xla_gather`). Each stage is
+ones the DynamicEmbedding layer runs in training (`vlps.layers.training_gather`). Each stage is
 timed by ablation: one `tf.function` per prefix of the pipeline (unique; unique+lookup; ... ;
 the whole sparse step), run on the same batches in alternated rounds; a stage's cost is the
 difference of consecutive medians. The dense part (the MLP forward+backward+update, on a fixed
@@ -48,7 +48,7 @@ def main() -> None:
     from vlps import native
     from vlps.data import synthetic_ctr
     from vlps.initializers import Columns
-    from vlps.layers import _xla_gather
+    from vlps.layers import training_gather
     from vlps.models import _head
 
     batches = list(synthetic_ctr(args.batch, seed=7).take(args.steps * (args.rounds + 1)))
@@ -82,7 +82,7 @@ def main() -> None:
                     continue
                 with tf.GradientTape() as tape:
                     tape.watch(emb_u)
-                    embs = _xla_gather(columns)(emb_u, idx)
+                    embs = training_gather(columns)(emb_u, idx)
                     y = tf.add_n([tf.reduce_sum(e * 1e-3) for e in embs])
                 if depth < 4:
                     out += y

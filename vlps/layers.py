@@ -126,42 +126,37 @@ def take_uniques(features: Any) -> Any:
     return out
 
 
-def _xla_gather(columns: tuple[int, ...]) -> Any:
-    """The training gather of one layer's column groups and its gradient, XLA-compiled.
+def training_gather(columns: tuple[int, ...]) -> Any:
+    """The training gather of one layer's column groups, with its gradient.
 
-    Forward: the rows of each column group at `idx` (split on the unique rows, then one
-    tf.gather per group). Backward: the per-row sum of the incoming gradients, one compiled
-    function for all groups (TF's `unsorted_segment_sum`, which
-    densifying tf.gather's IndexedSlices gradient runs, was the largest sparse cost of the
-    profile in docs/vlps.md; the compiled loop is several times faster on CPU and sums in
-    the same order). Its output has one row per occurrence (never fewer than the unique
-    rows; the caller keeps the first ones), so XLA compiles once per batch shape, not once
-    per number of unique ids."""
-    fn = _XLA_GATHERS.get(columns)
+    Forward: one output per column group, row `idx[j]` of the pulled unique rows at row j
+    (`VlpsGatherColumns`, one pass over the occurrences: no split of the unique rows, no
+    `tf.gather` per group). Backward: the outputs' gradients summed per unique row, as whole
+    rows (`VlpsSegmentSumColumns`: each row's terms in occurrence order from zero, the same
+    bits as `tf.math.unsorted_segment_sum` of each group and their concatenation, on all CPU
+    worker threads). They replace a split, a gather per group, an XLA-compiled segment sum
+    (one thread), a slice and a concatenation (docs/vlps.md)."""
+    fn = _GATHERS.get(columns)
     if fn is not None:
         return fn
-
-    @tf.function(jit_compile=True)
-    def backward(dys: list[tf.Tensor], idx: tf.Tensor) -> list[tf.Tensor]:
-        # One sum per group: a concat before the scatter made XLA's loop 2.5x slower.
-        return [tf.math.unsorted_segment_sum(dy, idx, tf.shape(dy)[0]) for dy in dys]
+    kernels = native.ops()
 
     @tf.custom_gradient
     def gather(rows: tf.Tensor, idx: tf.Tensor) -> Any:
-        n = tf.shape(rows)[0]
-
         def grad(*dys: tf.Tensor) -> tuple[tf.Tensor, None]:
-            sums = [g[:n] for g in backward(list(dys), idx)]
-            return (tf.concat(sums, 1) if len(sums) > 1 else sums[0]), None
+            sums = kernels.vlps_segment_sum_columns(
+                [tf.convert_to_tensor(d, tf.float32) for d in dys], idx, tf.shape(rows)[0],
+                columns=list(columns))
+            return sums, None
 
-        parts = tf.split(rows, list(columns), axis=1) if len(columns) > 1 else [rows]
-        return [tf.gather(p, idx) for p in parts], grad
+        return list(kernels.vlps_gather_columns(rows, idx, columns=list(columns),
+                                                K=len(columns))), grad
 
-    _XLA_GATHERS[columns] = gather
+    _GATHERS[columns] = gather
     return gather
 
 
-_XLA_GATHERS: dict[tuple[int, ...], Any] = {}
+_GATHERS: dict[tuple[int, ...], Any] = {}
 
 
 def _serving_tables() -> dict[str, Any]:
@@ -332,7 +327,7 @@ class DynamicEmbedding(keras.layers.Layer):
             _record(self.table, unique, emb_u)
         columns = self.columns or (self.dim,)
         if training and segments is None:
-            flat = _xla_gather(columns)(emb_u, idx)
+            flat = training_gather(columns)(emb_u, idx)
             shape = tf.shape(inputs)
             outs = []
             for w, emb in zip(columns, flat, strict=True):

@@ -21,7 +21,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SOURCES = [HERE / "kernels" / "hash_table.cc", HERE / "kernels" / "unique.cc",
-           HERE / "kernels" / "dense_apply.cc"]
+           HERE / "kernels" / "dense_apply.cc", HERE / "kernels" / "gather.cc"]
 HEADERS = [HERE / "kernels" / "mix.h", HERE / "kernels" / "rules.h"]
 # -fno-math-errno: std::sqrt need not set errno, so the optimizer loops vectorise (sqrtps);
 # IEEE square root and division are correctly rounded either way (same bits).
