@@ -84,10 +84,12 @@ Array<T> AllocateArray(int64_t n) {
   return Array<T>(static_cast<T*>(p));
 }
 
+// Loads every cache line of a row's first `width` floats (a row need not start on a line).
 inline void PrefetchRow(const float* row, int64_t width) {
-  const char* p = reinterpret_cast<const char*>(row);
-  const int64_t bytes = width * static_cast<int64_t>(sizeof(float));
-  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(p + off);
+  const uintptr_t first = reinterpret_cast<uintptr_t>(row) & ~uintptr_t{63};
+  const uintptr_t last = reinterpret_cast<uintptr_t>(row + width) - 1;
+  for (uintptr_t line = first; line <= last; line += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(line));
 }
 
 }  // namespace
@@ -240,6 +242,8 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
                      float* rows, float* emb) const {
     std::atomic<int64_t> missing{0};
     const int64_t width = width_;
+    // Without `rows` only the embedding columns are read: load just those ahead.
+    const int64_t read = rows != nullptr ? width : dim;
     ::tensorflow::tf_shared_lock l(mu_);
     ForBlocks(ctx, n, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> slot(end - begin);
@@ -249,7 +253,7 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t ahead = i + kAhead;
         if (ahead < end && slot[ahead - begin] >= 0)
-          PrefetchRow(rows_.get() + slot[ahead - begin] * width, width);
+          PrefetchRow(rows_.get() + slot[ahead - begin] * width, read);
         const int64_t s = slot[i - begin];
         const float* src;
         if (s >= 0 || s == kEmptyKeySlot) {
