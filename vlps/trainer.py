@@ -35,6 +35,15 @@ log = logging.getLogger("vlps")
 #: chosen by bench/vlps_cluster.py (see docs/vlps.md, "Cluster step overhead").
 DEFAULT_STEPS_PER_EXECUTION = 16
 
+#: Most training steps written out one after another in the compiled step function. A call
+#: of up to this many steps is one straight-line graph; a longer call loops over blocks of
+#: this many (a `tf.while_loop`) plus the rest written out. Written out, the steps need no
+#: loop frame: lowered into Switch/Merge frames, a loop whose body reaches the ps tasks makes
+#: every iteration send its loop condition to each ps task and wait, most of a small batch's
+#: step on a cluster (docs/vlps.md, "Steps written out instead of a loop"). A block of 16
+#: steps traces in ~2 s; 64 in ~12 s.
+MAX_UNROLLED_STEPS = 16
+
 
 # Errors a lost or restarted task shows up as on the chief.
 _LOST_TASK_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
@@ -60,9 +69,11 @@ class Trainer:
       evict_every: steps between eviction passes over tables with an Eviction policy.
       report_every: steps between metric reports (`vlps.report`).
       steps_per_execution: training steps run by one call of the compiled step function (one
-        remote call on a cluster): a `tf.while_loop` over the steps inside the graph, so the
-        chief's per-call coordination is paid once per that many steps. A call never crosses
-        a report, eviction or checkpoint boundary. Default `DEFAULT_STEPS_PER_EXECUTION`.
+        remote call on a cluster): the steps written out one after another in the graph (in
+        blocks of `MAX_UNROLLED_STEPS` under a `tf.while_loop` beyond that), so the chief's
+        per-call coordination is paid once per that many steps. A call never crosses a
+        report, eviction or checkpoint boundary; each distinct length of a call traces the
+        step function once. Default `DEFAULT_STEPS_PER_EXECUTION`.
       prefetch: batches each worker (or the local process) prefetches from `dataset_fn`'s
         dataset ahead of the step that consumes them (0: none beyond the dataset's own).
       unique_in_input: compute the `tf.unique` of each id feature that feeds a DynamicEmbedding
@@ -190,33 +201,55 @@ class Trainer:
         return int(manifest["step"])
 
     # -- training ---------------------------------------------------------------------------
-    def _make_step_fn(self) -> Callable[[Any, Any], tf.Tensor]:
-        """The compiled step: `step_fn(iterator, n)` runs `n` training steps in a
-        `tf.while_loop` and returns the last step's loss. Cached: one trace per trainer."""
+    def _make_step_fn(self) -> Callable[..., tf.Tensor]:
+        """The compiled step: `step_fn(iterator, blocks, rest)` runs `blocks` (a tensor, or
+        None) times `MAX_UNROLLED_STEPS` steps in a `tf.while_loop`, then `rest` (a Python
+        int) steps written out, and returns the last step's loss (`_step_args` splits a step
+        count). Cached: one trace per trainer and value of `rest` (and loop or not)."""
         fn = getattr(self, "_step_fn", None)
         if fn is not None:
             return fn
         model, loss, opt, gstep = self.model, self.loss, self.optimizer, self.global_step
         # On a cluster the dense variables cross the network packed, one tensor per ps task.
         packing = DensePacking(list(model.trainable_variables)) if self.pack_dense else None
+        block = MAX_UNROLLED_STEPS
+
+        def one_step(iterator: Any, step: tf.Tensor) -> tf.Tensor:
+            features, labels = next(iterator)
+            features = take_uniques(features)
+            return tf.cast(train_step(model, loss, opt, features, labels, step, packing),
+                           tf.float32)
 
         @tf.function
-        def step_fn(iterator: Any, n: tf.Tensor) -> tf.Tensor:
-            last = tf.constant(0.0)
+        def step_fn(iterator: Any, blocks: tf.Tensor | None, rest: int) -> tf.Tensor:
+            n = tf.cast(rest, tf.int64)
+            if blocks is not None:
+                n += tf.cast(blocks, tf.int64) * block
             # The call reserves its n steps with one increment of the global step (a variable
             # on a ps task on a cluster: one remote update per call, not per step); step i of
             # the call is the i-th of them.
-            first = gstep.assign_add(tf.cast(n, tf.int64)) - tf.cast(n, tf.int64)
-            for i in tf.range(n):
-                features, labels = next(iterator)
-                features = take_uniques(features)
-                step = first + tf.cast(i, tf.int64) + 1
-                last = tf.cast(train_step(model, loss, opt, features, labels, step,
-                                                  packing), tf.float32)
+            first = gstep.assign_add(n) - n
+            last = tf.constant(0.0)
+            done = tf.constant(0, tf.int64)
+            if blocks is not None:
+                for b in tf.range(tf.cast(blocks, tf.int64)):
+                    for i in range(block):  # a Python loop: the block's steps written out
+                        last = one_step(iterator, first + b * block + i + 1)
+                done = tf.cast(blocks, tf.int64) * block
+            for i in range(rest):
+                last = one_step(iterator, first + done + i + 1)
             return last
 
         self._step_fn = step_fn
         return step_fn
+
+    @staticmethod
+    def _step_args(n: int) -> tuple[tf.Tensor | None, int]:
+        """`step_fn`'s (blocks, rest) for a call of `n` steps."""
+        if n <= MAX_UNROLLED_STEPS:
+            return None, n
+        blocks, rest = divmod(n, MAX_UNROLLED_STEPS)
+        return tf.constant(blocks, tf.int64), rest
 
     def _calls(self, step: int, steps: int) -> Iterator[int]:
         """Steps per call from `step` to `steps`: at most steps_per_execution, and never past
@@ -255,10 +288,10 @@ class Trainer:
         """Run `n` training steps from `iterator` as one call (scheduled on a worker on a
         cluster). Returns the last loss: a tensor, or a RemoteValue on a cluster."""
         step_fn = self._make_step_fn()
-        count = tf.constant(n, tf.int32)
+        args = (iterator, *self._step_args(n))
         if self.coordinator is not None:
-            return self.coordinator.schedule(step_fn, args=(iterator, count))
-        return step_fn(iterator, count)
+            return self.coordinator.schedule(step_fn, args=args)
+        return step_fn(*args)
 
     def fit(self, dataset_fn: Callable[..., tf.data.Dataset], steps: int) -> dict[str, Any]:
         """Train until the global step reaches `steps` (resuming from the latest checkpoint).

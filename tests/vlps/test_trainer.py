@@ -11,6 +11,7 @@ import tensorflow as tf
 import vlps
 from vlps.data import synthetic_ctr
 from vlps.models import wide_deep
+from vlps.trainer import MAX_UNROLLED_STEPS
 
 
 def small_model(**kw):
@@ -34,14 +35,38 @@ def test_steps_per_execution_trains_the_same_model_as_single_steps() -> None:
     features, _ = heldout()
     one = trainer(steps_per_execution=1)
     many = trainer(steps_per_execution=7)
+    # 19 steps per call: one loop block of MAX_UNROLLED_STEPS and 3 steps written out.
+    blocks = trainer(steps_per_execution=MAX_UNROLLED_STEPS + 3)
     r1, r7 = one.fit(dataset_fn, steps=20), many.fit(dataset_fn, steps=20)
-    assert r1["step"] == r7["step"] == 20
-    assert int(one.global_step.numpy()) == int(many.global_step.numpy()) == 20
-    np.testing.assert_allclose(many.predict(features).numpy(), one.predict(features).numpy(),
-                               rtol=1e-5, atol=1e-6)
-    assert one.tables[0].size() == many.tables[0].size() > 0
+    assert r1["step"] == r7["step"] == blocks.fit(dataset_fn, steps=20)["step"] == 20
+    for t in (one, many, blocks):
+        assert int(t.global_step.numpy()) == 20
+    for t in (many, blocks):
+        np.testing.assert_allclose(t.predict(features).numpy(), one.predict(features).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+        assert t.tables[0].size() == one.tables[0].size() > 0
     # A second fit continues from the global step and the same iterator position semantics.
     assert many.fit(dataset_fn, steps=23)["step"] == 23
+
+
+def test_a_call_of_up_to_the_block_size_has_no_loop_frame() -> None:
+    """Up to MAX_UNROLLED_STEPS steps a call is straight-line code (no While to lower into
+    Switch/Merge frames that would cross to the ps tasks every iteration); longer calls loop
+    over blocks of that many."""
+    t = trainer(steps_per_execution=4)
+    t.fit(dataset_fn, steps=4)
+    iterator = t.make_iterator(dataset_fn)
+
+    def graph_ops(n: int) -> list[str]:
+        graph = t._make_step_fn().get_concrete_function(
+            iterator, *t._step_args(n)).graph.as_graph_def()
+        return [n.op for n in graph.node]
+
+    assert t._step_args(MAX_UNROLLED_STEPS) == (None, MAX_UNROLLED_STEPS)
+    short = graph_ops(3)
+    assert not {"While", "StatelessWhile"} & set(short)
+    assert short.count("IteratorGetNext") == 3  # three steps, written out
+    assert {"While", "StatelessWhile"} & set(graph_ops(2 * MAX_UNROLLED_STEPS + 1))
 
 
 def test_calls_stop_at_report_evict_and_checkpoint_boundaries(tmp_path, monkeypatch) -> None:
@@ -68,7 +93,8 @@ def test_calls_stop_at_report_evict_and_checkpoint_boundaries(tmp_path, monkeypa
 
 def step_graph_ops(t: vlps.Trainer, iterator) -> list[str]:
     """Op types of the compiled step function, its loop body included."""
-    graph = t._make_step_fn().get_concrete_function(iterator, tf.constant(2)).graph.as_graph_def()
+    graph = t._make_step_fn().get_concrete_function(
+        iterator, *t._step_args(1)).graph.as_graph_def()
     return [n.op for n in graph.node] + [n.op for f in graph.library.function for n in f.node_def]
 
 
