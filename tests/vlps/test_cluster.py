@@ -1,6 +1,7 @@
 """A real TF cluster on localhost (chief + 2 ps + 1 worker processes, gRPC) training the CTR
 model of tests/vlps/cluster_job.py: loss falls, restart restores identical predictions, the
-checkpoint restores into 1 and 3 local shards, the export serves without vlps, and a ps that
+checkpoint restores into 1 and 3 local shards, the export serves without vlps, calls longer
+than a block of written-out steps loop over the ps tasks, and a ps that
 dies fails the job with its name; a restart then resumes from the last checkpoint."""
 
 import json
@@ -79,6 +80,22 @@ def test_cluster_export_serves_without_vlps(first_run, tmp_path, serve_in_fresh_
     np.save(tmp_path / "cat.npy", features["cat"].numpy())
     np.save(tmp_path / "num.npy", features["num"].numpy())
     serve_in_fresh_process(params["export"], tmp_path, np.load(params["out"] + ".npy"))
+
+
+def test_calls_longer_than_a_block_loop_over_the_ps_tasks(first_run, tf_cluster) -> None:
+    """20 steps per call (three calls): a loop of one block of MAX_UNROLLED_STEPS steps plus 4 written out,
+    scheduled on the worker with the tables on both ps tasks."""
+    from vlps.trainer import MAX_UNROLLED_STEPS
+
+    tmp = tf_cluster.tmp
+    result = tf_cluster.run_chief({
+        "ckpt": str(tmp / "ckpt-blocks"), "steps": 60, "out": str(tmp / "run-blocks"),
+        "report_every": 60, "steps_per_execution": MAX_UNROLLED_STEPS + 4})
+    assert result["step"] == 60 and result["restored"] == 0
+    # The ps tasks outlive each chief of this module and keep its tables' rows, so this run
+    # starts from a model earlier runs trained: it still learns, by less than the first run.
+    assert result["loss_after"] < result["loss_before"] - 0.01, result
+    assert all(n > 1000 for n in result["shards"]["emb"]), result["shards"]
 
 
 def test_an_error_in_the_step_is_not_blamed_on_a_task(first_run, tf_cluster) -> None:
