@@ -39,9 +39,9 @@ DEFAULT_STEPS_PER_EXECUTION = 16
 #: of up to this many steps is one straight-line graph; a longer call loops over blocks of
 #: this many (a `tf.while_loop`) plus the rest written out. Written out, the steps need no
 #: loop frame: lowered into Switch/Merge frames, a loop whose body reaches the ps tasks makes
-#: every iteration send its loop condition to each ps task and wait, most of a small batch's
-#: step on a cluster (docs/vlps.md, "Steps written out instead of a loop"). A block of 16
-#: steps traces in ~2 s; 64 in ~12 s.
+#: every iteration send its loop condition to each ps task and wait, about a quarter of a
+#: batch-256 step on a 2-core cluster (docs/vlps.md, "Steps written out instead of a loop").
+#: A block of 16 steps traces in ~2 s; 64 in ~12 s.
 MAX_UNROLLED_STEPS = 16
 
 
@@ -222,20 +222,18 @@ class Trainer:
 
         @tf.function
         def step_fn(iterator: Any, blocks: tf.Tensor | None, rest: int) -> tf.Tensor:
-            n = tf.cast(rest, tf.int64)
-            if blocks is not None:
-                n += tf.cast(blocks, tf.int64) * block
+            # Steps in the loop's blocks (int64, as `_step_args` makes `blocks`).
+            done = tf.constant(0, tf.int64) if blocks is None else blocks * block
+            n = done + rest
             # The call reserves its n steps with one increment of the global step (a variable
             # on a ps task on a cluster: one remote update per call, not per step); step i of
             # the call is the i-th of them.
             first = gstep.assign_add(n) - n
             last = tf.constant(0.0)
-            done = tf.constant(0, tf.int64)
             if blocks is not None:
-                for b in tf.range(tf.cast(blocks, tf.int64)):
+                for b in tf.range(blocks):
                     for i in range(block):  # a Python loop: the block's steps written out
                         last = one_step(iterator, first + b * block + i + 1)
-                done = tf.cast(blocks, tf.int64) * block
             for i in range(rest):
                 last = one_step(iterator, first + done + i + 1)
             return last

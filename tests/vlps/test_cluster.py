@@ -1,8 +1,8 @@
 """A real TF cluster on localhost (chief + 2 ps + 1 worker processes, gRPC) training the CTR
 model of tests/vlps/cluster_job.py: loss falls, restart restores identical predictions, the
 checkpoint restores into 1 and 3 local shards, the export serves without vlps, calls longer
-than a block of written-out steps loop over the ps tasks, and a ps that
-dies fails the job with its name; a restart then resumes from the last checkpoint."""
+than a block of written-out steps loop over the ps tasks, and a ps that dies fails the job with
+its name; a restart then resumes from the last checkpoint."""
 
 import json
 import os
@@ -83,8 +83,8 @@ def test_cluster_export_serves_without_vlps(first_run, tmp_path, serve_in_fresh_
 
 
 def test_calls_longer_than_a_block_loop_over_the_ps_tasks(first_run, tf_cluster) -> None:
-    """20 steps per call (three calls): a loop of one block of MAX_UNROLLED_STEPS steps plus 4 written out,
-    scheduled on the worker with the tables on both ps tasks."""
+    """20 steps per call, three calls: each a loop of one block of MAX_UNROLLED_STEPS steps
+    plus 4 steps written out, scheduled on the worker with the tables on both ps tasks."""
     from vlps.trainer import MAX_UNROLLED_STEPS
 
     tmp = tf_cluster.tmp

@@ -56,17 +56,12 @@ def test_a_call_of_up_to_the_block_size_has_no_loop_frame() -> None:
     t = trainer(steps_per_execution=4)
     t.fit(dataset_fn, steps=4)
     iterator = t.make_iterator(dataset_fn)
-
-    def graph_ops(n: int) -> list[str]:
-        graph = t._make_step_fn().get_concrete_function(
-            iterator, *t._step_args(n)).graph.as_graph_def()
-        return [n.op for n in graph.node]
-
     assert t._step_args(MAX_UNROLLED_STEPS) == (None, MAX_UNROLLED_STEPS)
-    short = graph_ops(3)
+    short = step_graph_ops(t, iterator, 3)
     assert not {"While", "StatelessWhile"} & set(short)
     assert short.count("IteratorGetNext") == 3  # three steps, written out
-    assert {"While", "StatelessWhile"} & set(graph_ops(2 * MAX_UNROLLED_STEPS + 1))
+    long = step_graph_ops(t, iterator, 2 * MAX_UNROLLED_STEPS + 1)
+    assert {"While", "StatelessWhile"} & set(long)
 
 
 def test_calls_stop_at_report_evict_and_checkpoint_boundaries(tmp_path, monkeypatch) -> None:
@@ -91,10 +86,10 @@ def test_calls_stop_at_report_evict_and_checkpoint_boundaries(tmp_path, monkeypa
     assert int(t.global_step.numpy()) == 20
 
 
-def step_graph_ops(t: vlps.Trainer, iterator) -> list[str]:
-    """Op types of the compiled step function, its loop body included."""
+def step_graph_ops(t: vlps.Trainer, iterator, steps: int = 1) -> list[str]:
+    """Op types of the compiled step function for a call of `steps`, its functions included."""
     graph = t._make_step_fn().get_concrete_function(
-        iterator, *t._step_args(1)).graph.as_graph_def()
+        iterator, *t._step_args(steps)).graph.as_graph_def()
     return [n.op for n in graph.node] + [n.op for f in graph.library.function for n in f.node_def]
 
 
