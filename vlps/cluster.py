@@ -8,8 +8,8 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,18 +56,103 @@ class ClusterInfo:
     def address(self, task_type: str, index: int) -> str:
         return self.cluster[task_type][index]
 
-    def unreachable_tasks(self, timeout: float = 1.0) -> list[str]:
-        """ps/worker tasks whose gRPC port refuses connections (used to name a dead task)."""
-        dead = []
-        for ttype in ("ps", "worker"):
-            for i, addr in enumerate(self.cluster.get(ttype, [])):
-                host, _, port = addr.rpartition(":")
-                try:
-                    with socket.create_connection((host, int(port)), timeout=timeout):
-                        pass
-                except OSError:
-                    dead.append(f"{ttype}:{i} ({addr})")
-        return dead
+    def tasks(self) -> list[tuple[str, str]]:
+        """(name, address) of every ps and worker task, e.g. ("ps:1", "host:2223")."""
+        return [(f"{ttype}:{i}", addr) for ttype in ("ps", "worker")
+                for i, addr in enumerate(self.cluster.get(ttype, []))]
+
+    def unreachable_tasks(self, timeout: float = 2.0) -> list[str]:
+        """ps/worker tasks that do not answer a gRPC handshake within `timeout` seconds, as
+        "ps:1 (host:port)" (used to name a dead task)."""
+        answered = probe_tasks(dict(self.tasks()), timeout)
+        return [f"{name} ({addr})" for name, addr in self.tasks() if not answered[name]]
+
+
+def probe_tasks(tasks: dict[str, str], timeout: float) -> dict[str, bool]:
+    """Whether each task's gRPC server completes a handshake within `timeout` seconds.
+
+    A fresh channel per probe (and its own subchannel pool): a connection that is already
+    open says nothing of a task that stopped answering since. A stopped (SIGSTOP) or hung
+    process still has its port open, so a TCP connect alone would succeed; the HTTP/2
+    handshake needs the process itself to answer. All tasks are probed at once."""
+    import grpc  # grpcio ships with TensorFlow; imported here to keep `import vlps` light
+
+    channels = {name: grpc.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool",
+                                                             1)])
+                for name, addr in tasks.items()}
+    try:
+        futures = {name: grpc.channel_ready_future(ch) for name, ch in channels.items()}
+        deadline = time.monotonic() + timeout
+        out = {}
+        for name, fut in futures.items():
+            try:
+                fut.result(timeout=max(0.0, deadline - time.monotonic()))
+                out[name] = True
+            except grpc.FutureTimeoutError:
+                out[name] = False
+        return out
+    finally:
+        for ch in channels.values():
+            ch.close()
+
+
+class TaskWatch:
+    """Probes the ps and worker tasks in a background thread while a cluster job trains.
+
+    TensorFlow's coordinator waits on a lost task without a deadline in several paths (a
+    stopped or hung process, or a ps failure taken for a worker preemption, which it waits
+    up to an hour to see recovered). The watch declares a task dead once it has not answered
+    a handshake (`probe_tasks`) for `timeout` seconds in a row; the trainer's waits then fail
+    with the task's name instead of hanging."""
+
+    def __init__(self, tasks: dict[str, str], timeout: float, interval: float = 1.0,
+                 probe_timeout: float = 2.0) -> None:
+        self.tasks = dict(tasks)
+        self.timeout = timeout
+        self.interval = interval
+        self.probe_timeout = min(probe_timeout, timeout)
+        self._silent_since: dict[str, float] = {}
+        self._dead: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> TaskWatch:
+        self._thread = threading.Thread(target=self._run, name="vlps-task-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def dead(self) -> list[str]:
+        """Tasks silent for at least `timeout` seconds, as "ps:1 (host:port)"."""
+        with self._lock:
+            return list(self._dead)
+
+    def check_once(self, now: float | None = None) -> list[str]:
+        """One round of probes; returns `dead()` after it."""
+        answered = probe_tasks(self.tasks, self.probe_timeout)
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for name, ok in answered.items():
+                if ok:
+                    self._silent_since.pop(name, None)
+                else:
+                    self._silent_since.setdefault(name, now - self.probe_timeout)
+            self._dead = [f"{name} ({self.tasks[name]})" for name, since in
+                          sorted(self._silent_since.items()) if now - since >= self.timeout]
+            return list(self._dead)
+
+    def _run(self) -> None:
+        reported: list[str] = []
+        while not self._stop.is_set():
+            started = time.monotonic()
+            dead = self.check_once()
+            if dead and dead != reported:
+                log.error("vlps: %s not answering for %.0f s", ", ".join(dead), self.timeout)
+            reported = dead
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
 
 def run_server_if_needed(info: ClusterInfo | None = None) -> None:

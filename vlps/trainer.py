@@ -9,7 +9,12 @@ checkpoints at quiescent points, and restores the latest checkpoint when it star
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import faulthandler
 import logging
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +25,7 @@ import tensorflow as tf
 
 from vlps import checkpoint as ckpt_mod
 from vlps import optimizers as optimizers_mod
-from vlps.cluster import ClusterInfo, run_server_if_needed
+from vlps.cluster import ClusterInfo, TaskWatch, run_server_if_needed
 from vlps.export import export_saved_model
 from vlps.layers import tables_of, take_uniques, unique_feature_keys, with_uniques
 from vlps.metrics import report
@@ -43,6 +48,16 @@ DEFAULT_STEPS_PER_EXECUTION = 16
 #: batch-256 step on a 2-core cluster (docs/vlps.md, "Steps written out instead of a loop").
 #: A block of 16 steps traces in ~2 s; 64 in ~12 s.
 MAX_UNROLLED_STEPS = 16
+
+#: Calls `fit` schedules on a cluster before it waits for them all to finish (besides the
+#: waits at report, eviction and checkpoint boundaries): it keeps the coordinator's queue
+#: short, so scheduling never blocks where a lost task could not be noticed.
+MAX_PENDING_CALLS = 64
+
+#: Seconds a process whose cluster lost a task may take to exit once its interpreter shuts
+#: down; past it the process prints every thread's stack and exits with status 1 (see
+#: `_guard_exit`).
+EXIT_GRACE_SECONDS = 20.0
 
 
 # Errors a lost or restarted task shows up as on the chief.
@@ -82,6 +97,9 @@ class Trainer:
       pack_dense: move the dense variables between the ps tasks and the worker as one tensor
         per ps each way in a step (`vlps.training.DensePacking`) instead of one per variable.
         Default: on a cluster (in one process nothing moves).
+      task_timeout: seconds a ps or worker task may go without answering a gRPC handshake
+        before the job fails with `TaskFailedError` naming it (`vlps.cluster.TaskWatch`;
+        probed every second while the chief waits on the cluster).
     """
 
     def __init__(
@@ -90,7 +108,7 @@ class Trainer:
         checkpoint_every: int | None = None, full_every: int = 5, evict_every: int | None = None,
         report_every: int = 100, cluster: ClusterInfo | None = None,
         steps_per_execution: int | None = None, prefetch: int = 2, unique_in_input: bool = True,
-        pack_dense: bool | None = None,
+        pack_dense: bool | None = None, task_timeout: float = 30.0,
     ) -> None:
         self.info = cluster or ClusterInfo.from_env()
         run_server_if_needed(self.info)  # ps / worker tasks never return from here
@@ -101,6 +119,13 @@ class Trainer:
                 raise ValueError(f"Trainer: {name} must be an int > 0, got {value!r}")
         if not isinstance(prefetch, int) or prefetch < 0:
             raise ValueError(f"Trainer: prefetch must be an int >= 0, got {prefetch!r}")
+        if isinstance(task_timeout, bool) or not isinstance(task_timeout, (int, float)) \
+                or not task_timeout > 0:
+            raise ValueError(f"Trainer: task_timeout must be a number of seconds > 0, "
+                             f"got {task_timeout!r}")
+        self.task_timeout = float(task_timeout)
+        self._watch: TaskWatch | None = None
+        self._near_step = 0
         self.steps_per_execution = steps_per_execution or DEFAULT_STEPS_PER_EXECUTION
         self.prefetch = prefetch
         self.unique_in_input = unique_in_input
@@ -177,12 +202,12 @@ class Trainer:
     def save(self, incremental: bool | None = None) -> Path:
         if not self.checkpoint_dir:
             raise ValueError("Trainer.save: no checkpoint_dir configured")
-        if self.coordinator is not None:
-            self.coordinator.join()  # a quiescent cut: no step in flight
+        self._wait()  # a quiescent cut: no step in flight
         if incremental is None:
             incremental = self._saves % self.full_every != 0
-        path = ckpt_mod.save(self.checkpoint_dir, int(self.global_step.numpy()), self.tables,
-                             self.dense_state(), incremental=incremental)
+        root, tables, dense = self.checkpoint_dir, self.tables, self.dense_state()
+        path = self._on_cluster(lambda: ckpt_mod.save(
+            root, int(self.global_step.numpy()), tables, dense, incremental=incremental))
         self._saves += 1
         log.info("vlps checkpoint %s", path)
         return path
@@ -194,7 +219,8 @@ class Trainer:
             ckpt_mod.latest(self.checkpoint_dir) if self.checkpoint_dir else None)
         if target is None:
             return 0
-        manifest = ckpt_mod.restore(target, self.tables, self.dense_state())
+        tables, dense = self.tables, self.dense_state()
+        manifest = self._on_cluster(lambda: ckpt_mod.restore(target, tables, dense))
         self._resumed = True
         self._saves = 1  # the next save may be incremental to what was restored
         log.info("vlps restored %s (step %d)", target, manifest["step"])
@@ -301,38 +327,109 @@ class Trainer:
             # Only the first fit of a process resumes; later fits continue in memory.
             self.restore()
         self._resumed = True
-        step = int(self.global_step.numpy())
+        step = self._near_step = int(self._on_cluster(self.global_step.numpy))
         start = time.perf_counter()
+        # One task watch for the whole fit (its waits and checkpoints) on a cluster.
+        watching = self._watching() if self.coordinator is not None else contextlib.nullcontext()
         try:
-            iterator = self.make_iterator(dataset_fn)
-            for n in self._calls(step, steps):
-                result = self.run_steps(iterator, n)
-                step += n
-                self._after_step(step, result)
-            if self.coordinator is not None:
-                self.coordinator.join()
-            if self.checkpoint_dir:
-                self.save()
+            with watching:
+                iterator = self.make_iterator(dataset_fn)
+                pending = 0
+                for n in self._calls(step, steps):
+                    result = self.run_steps(iterator, n)
+                    step = self._near_step = step + n
+                    pending += 1
+                    if pending >= MAX_PENDING_CALLS:
+                        self._wait()
+                        pending = 0
+                    if self._after_step(step, result):
+                        pending = 0
+                self._wait()
+                if self.checkpoint_dir:
+                    self.save()
         except tf.errors.OpError as e:
             raise self._explain_failure(e, step) from e
         seconds = time.perf_counter() - start
         return {"step": step, "loss": self.last_loss, "seconds": seconds}
 
-    def _after_step(self, step: int, result: Any) -> None:
+    def _after_step(self, step: int, result: Any) -> bool:
+        """Report, evict and checkpoint where `step` is on their boundary; True when that
+        waited for every scheduled call."""
+        waited = False
         if step % self.report_every == 0:
+            self._wait()
             value = result.fetch() if hasattr(result, "fetch") else result
             self.last_loss = float(value)
             report(step, {"loss": self.last_loss})
+            waited = True
         if self.evict_every and step % self.evict_every == 0:
             self.evict(step)
+            waited = True
         if self.checkpoint_dir and self.checkpoint_every and step % self.checkpoint_every == 0:
             self.save()
+            waited = True
+        return waited and self.coordinator is not None
+
+    @contextlib.contextmanager
+    def _watching(self) -> Iterator[TaskWatch]:
+        """The running `TaskWatch` (fit's), or one for as long as this block runs."""
+        if self._watch is not None:
+            yield self._watch
+            return
+        with TaskWatch(dict(self.info.tasks()), self.task_timeout) as watch:
+            self._watch = watch
+            try:
+                yield watch
+            finally:
+                self._watch = None
+
+    def _until(self, finished: Callable[[], bool]) -> None:
+        """Poll `finished()` until it is true; on a cluster, fail with `TaskFailedError`
+        naming the task the watch declares dead meanwhile."""
+        pause = 0.001
+        with self._watching() as watch:
+            while not finished():
+                dead = watch.dead()
+                if dead:
+                    raise self._task_failed(
+                        self._near_step, dead,
+                        f"no gRPC handshake for {self.task_timeout:g} s")
+                time.sleep(pause)
+                pause = min(2 * pause, 0.05)
+
+    def _wait(self) -> None:
+        """Wait until every call scheduled on the cluster has finished (what the coordinator's
+        `join` does), raising its first error, or the `TaskFailedError` of a lost task."""
+        if self.coordinator is not None:
+            self._until(self.coordinator.done)  # done() raises the error of a failed call
+
+    def _on_cluster(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(*args)`: ops the chief itself runs against the ps tasks (checkpoints, eviction,
+        the step counter). On a cluster they run in a helper thread while the chief watches
+        the tasks: an op on a hung ps would otherwise block the chief for good."""
+        if self.coordinator is None:
+            return fn(*args)
+        out: dict[str, Any] = {}
+        finished = threading.Event()
+
+        def run() -> None:
+            try:
+                out["value"] = fn(*args)
+            except BaseException as e:  # re-raised in the calling thread
+                out["error"] = e
+            finally:
+                finished.set()
+
+        threading.Thread(target=run, name="vlps-chief-op", daemon=True).start()
+        self._until(finished.is_set)
+        if "error" in out:
+            raise out["error"]
+        return out["value"]
 
     def evict(self, step: int | None = None) -> dict[str, dict[str, int]]:
         """Run every table's eviction policy now; returns rows removed per table."""
-        if self.coordinator is not None:
-            self.coordinator.join()
-        step = int(self.global_step.numpy()) if step is None else step
+        self._wait()
+        step = int(self._on_cluster(self.global_step.numpy)) if step is None else step
         now = time.time()
         self._step_times.append((step, now))
         out = {}
@@ -347,7 +444,7 @@ class Trainer:
                 by_time = step - old[-1] if old else None
                 ttl = min(x for x in (ttl, by_time) if x is not None) if (ttl or by_time) \
                     else None
-            out[t.name] = t.evict(step, ttl_steps=ttl)
+            out[t.name] = self._on_cluster(t.evict, step, ttl)
         return out
 
     def _explain_failure(self, error: tf.errors.OpError, step: int) -> Exception:
@@ -358,13 +455,17 @@ class Trainer:
             # Every task answers and the error is not about reaching one (e.g. a graph or
             # input error inside the step): the original error names the cause.
             return error
+        return self._task_failed(
+            step, dead, f"{type(error).__name__}: {str(error.message).splitlines()[0][:300]}")
+
+    def _task_failed(self, step: int, dead: list[str], cause: str) -> TaskFailedError:
         last = ckpt_mod.latest(self.checkpoint_dir) if self.checkpoint_dir else None
         who = ", ".join(dead) if dead else "a task of the cluster"
         resume = (f"restart the job to resume from {last}" if last
                   else "no checkpoint to resume from")
+        _guard_exit()
         return TaskFailedError(
-            f"vlps training failed near step {step}: {who} unreachable "
-            f"({type(error).__name__}: {str(error.message).splitlines()[0][:300]}); {resume}")
+            f"vlps training failed near step {step}: {who} unreachable ({cause}); {resume}")
 
     # -- inference and export ---------------------------------------------------------------
     def predict(self, features: Any) -> tf.Tensor:
@@ -373,10 +474,33 @@ class Trainer:
 
     def export(self, path: str, input_signature: Any) -> str:
         """SavedModel for plain TensorFlow serving (see vlps.export)."""
-        if self.coordinator is not None:
-            self.coordinator.join()
+        self._wait()
         serving_model = None
         if self.strategy is not None:
             with placement_scope(Placement()):
                 serving_model = self.model_fn()
         return export_saved_model(self.model, path, input_signature, serving_model)
+
+
+_exit_guarded = False
+
+
+def _guard_exit() -> None:
+    """Once a job lost a task: bound how long the interpreter may take to shut down.
+
+    TensorFlow's teardown of the coordinator can wait for the lost task (its failure handler
+    holds a lock while it waits for the cluster to come back), so a chief that failed could
+    hang at exit instead of reporting its status. At interpreter exit this arms
+    `faulthandler`'s timer: a shutdown that takes longer than `EXIT_GRACE_SECONDS` prints
+    every thread's stack to stderr and exits with status 1. A normal shutdown is untouched."""
+    global _exit_guarded
+    if _exit_guarded:
+        return
+    _exit_guarded = True
+
+    def arm() -> None:
+        print(f"vlps: the cluster lost a task; exiting (at most {EXIT_GRACE_SECONDS:g} s "
+              "for TensorFlow's teardown)", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback_later(EXIT_GRACE_SECONDS, exit=True)
+
+    atexit.register(arm)

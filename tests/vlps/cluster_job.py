@@ -45,6 +45,7 @@ trainer = vlps.Trainer(
     checkpoint_dir=params["ckpt"], checkpoint_every=params.get("checkpoint_every"),
     report_every=params.get("report_every", 20),
     steps_per_execution=params.get("steps_per_execution"),
+    task_timeout=params.get("task_timeout", 30.0),
 )
 trainer.build(dataset_fn)
 features, labels = next(iter(synthetic_ctr(1024, seed=1, zipf_a=1.5, split="test")))

@@ -2,11 +2,13 @@
 model of tests/vlps/cluster_job.py: loss falls, restart restores identical predictions, the
 checkpoint restores into 1 and 3 local shards, the export serves without vlps, calls longer
 than a block of written-out steps loop over the ps tasks, and a ps that dies fails the job with
-its name; a restart then resumes from the last checkpoint."""
+its name (a ps that hangs too, after task_timeout); a restart then resumes from the last
+checkpoint."""
 
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -108,31 +110,68 @@ def test_an_error_in_the_step_is_not_blamed_on_a_task(first_run, tf_cluster) -> 
     assert "TaskFailedError" not in out and "unreachable" not in out, out[-3000:]
 
 
+def _wait_for_checkpoint(chief, ckpt: str, step: int) -> Path:
+    latest = Path(ckpt) / "latest"
+    deadline = time.monotonic() + 180
+    while not (latest.exists() and int(latest.read_text().split("-")[1]) >= step):
+        assert chief.poll() is None, chief.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, f"no checkpoint at step {step} in time"
+        time.sleep(0.5)
+    return latest
+
+
+def _chief_output(chief, timeout: float, what: str) -> str:
+    try:
+        out, _ = chief.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(chief.pid, signal.SIGKILL)
+        out, _ = chief.communicate()
+        raise AssertionError(f"chief still running {timeout:g} s after {what}; output tail:\n"
+                             f"{out[-6000:]}") from None
+    return out
+
+
+def _restart_ps1_and_worker(tf_cluster) -> None:
+    """As the platform restarts a job: the ps comes back on its address, and the worker too
+    (its sessions with the lost ps are gone)."""
+    tf_cluster.start_task("ps", 1)
+    tf_cluster.kill_task("worker:0", signal.SIGTERM)
+    tf_cluster.start_task("worker", 0)
+    time.sleep(1.0)
+
+
 def test_ps_failure_names_the_task_and_restart_resumes(first_run, tf_cluster) -> None:
     tmp = tf_cluster.tmp
     params = {"ckpt": str(tmp / "ckpt-fail"), "steps": 100_000, "checkpoint_every": 20,
               "out": str(tmp / "run-fail")}
     chief = tf_cluster.chief(params)
-    latest = Path(params["ckpt"]) / "latest"
-    deadline = time.monotonic() + 180
-    while not (latest.exists() and int(latest.read_text().split("-")[1]) >= 40):
-        assert chief.poll() is None, chief.communicate()[0][-3000:]
-        assert time.monotonic() < deadline, "no checkpoint at step 40 in time"
-        time.sleep(0.5)
+    latest = _wait_for_checkpoint(chief, params["ckpt"], 40)
     tf_cluster.kill_task("ps:1")
-    try:
-        out, _ = chief.communicate(timeout=180)
-    except Exception:
-        os.killpg(chief.pid, signal.SIGKILL)
-        raise
+    out = _chief_output(chief, 180, "ps:1 died")
     assert chief.returncode != 0
     assert "TaskFailedError" in out and "ps:1" in out, out[-3000:]
     assert "resume from" in out
     saved = int(latest.read_text().split("-")[1])
-    # The platform restarts the job: the ps comes back on its address, the chief resumes.
-    tf_cluster.start_task("ps", 1)
-    tf_cluster.kill_task("worker:0", signal.SIGTERM)
-    tf_cluster.start_task("worker", 0)
-    time.sleep(1.0)
+    _restart_ps1_and_worker(tf_cluster)
     result = tf_cluster.run_chief(dict(params, steps=saved + 20))
     assert result["restored"] == saved and result["step"] == saved + 20
+
+
+def test_a_stopped_ps_fails_the_job_after_task_timeout(first_run, tf_cluster) -> None:
+    """A ps that hangs (here: SIGSTOP) keeps its port open and never answers; TensorFlow's
+    steps wait on it without a deadline. The task watch names it after task_timeout."""
+    tmp = tf_cluster.tmp
+    params = {"ckpt": str(tmp / "ckpt-stop"), "steps": 100_000, "checkpoint_every": 20,
+              "out": str(tmp / "run-stop"), "task_timeout": 5}
+    chief = tf_cluster.chief(params)
+    _wait_for_checkpoint(chief, params["ckpt"], 20)
+    ps1 = tf_cluster.procs["ps:1"]
+    os.killpg(ps1.pid, signal.SIGSTOP)
+    try:
+        out = _chief_output(chief, 120, "ps:1 stopped")
+    finally:
+        tf_cluster.kill_task("ps:1")  # SIGKILL ends a stopped process too
+        _restart_ps1_and_worker(tf_cluster)
+    assert chief.returncode != 0
+    assert "TaskFailedError" in out and "ps:1 (" in out, out[-3000:]
+    assert "no gRPC handshake for 5 s" in out and "resume from" in out, out[-3000:]

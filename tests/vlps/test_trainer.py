@@ -161,11 +161,13 @@ def test_packed_dense_variables_train_the_same_model() -> None:
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5])
-def test_bad_steps_per_execution_and_prefetch_are_named(bad) -> None:
+def test_bad_steps_per_execution_prefetch_and_task_timeout_are_named(bad) -> None:
     with pytest.raises(ValueError, match="steps_per_execution must be an int > 0"):
         trainer(steps_per_execution=bad)
     with pytest.raises(ValueError, match="prefetch must be an int >= 0"):
         trainer(prefetch=-1 if bad == 0 else bad)
+    with pytest.raises(ValueError, match="task_timeout must be a number of seconds > 0"):
+        trainer(task_timeout=bad if bad != 2.5 else "30")
 
 
 def test_stream_of_new_ids_stays_under_ttl_and_cap() -> None:
