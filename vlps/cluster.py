@@ -4,6 +4,8 @@ side of it: start a `tf.distribute.Server` and serve until told to stop.
 
 from __future__ import annotations
 
+import atexit
+import faulthandler
 import json
 import logging
 import os
@@ -11,10 +13,16 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger("vlps")
+
+#: Seconds a process whose cluster lost a task may take to exit once its interpreter shuts
+#: down; past it the process prints every thread's stack and exits with status 1 (see
+#: `guard_exit`).
+EXIT_GRACE_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -186,3 +194,46 @@ def run_server_if_needed(info: ClusterInfo | None = None) -> None:
     # Not server.join(): it blocks in C++ and Python signal handlers would never run.
     while server is not None:
         time.sleep(3600)
+
+
+_exit_guarded = False
+
+
+def guard_exit() -> None:
+    """Once a job lost a task: bound how long the interpreter may take to shut down.
+
+    TensorFlow's teardown of the coordinator can wait for the lost task (its failure handler
+    holds a lock while it waits for the cluster to come back), so a chief that failed could
+    hang at exit instead of reporting its status. At interpreter exit this arms
+    `faulthandler`'s timer: a shutdown that takes longer than `EXIT_GRACE_SECONDS` prints
+    every thread's stack to stderr and exits with status 1. A normal shutdown is untouched."""
+    global _exit_guarded
+    if _exit_guarded:
+        return
+    _exit_guarded = True
+
+    def arm() -> None:
+        print(f"vlps: the cluster lost a task; exiting (at most {EXIT_GRACE_SECONDS:g} s "
+              "for TensorFlow's teardown)", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback_later(EXIT_GRACE_SECONDS, exit=True)
+
+    atexit.register(arm)
+
+
+def run_in_thread(fn: Callable[..., Any], *args: Any) -> tuple[threading.Event, dict[str, Any]]:
+    """Start `fn(*args)` in a daemon thread; the event is set once it returned ("value") or
+    raised ("error") into the dict. For ops the chief runs against the ps tasks, which could
+    block on a hung task where the calling thread can no longer watch it."""
+    out: dict[str, Any] = {}
+    finished = threading.Event()
+
+    def run() -> None:
+        try:
+            out["value"] = fn(*args)
+        except BaseException as e:  # re-raised by the caller
+            out["error"] = e
+        finally:
+            finished.set()
+
+    threading.Thread(target=run, name="vlps-chief-op", daemon=True).start()
+    return finished, out

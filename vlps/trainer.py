@@ -9,12 +9,8 @@ checkpoints at quiescent points, and restores the latest checkpoint when it star
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import faulthandler
 import logging
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +21,7 @@ import tensorflow as tf
 
 from vlps import checkpoint as ckpt_mod
 from vlps import optimizers as optimizers_mod
-from vlps.cluster import ClusterInfo, TaskWatch, run_server_if_needed
+from vlps.cluster import ClusterInfo, TaskWatch, guard_exit, run_in_thread, run_server_if_needed
 from vlps.export import export_saved_model
 from vlps.layers import tables_of, take_uniques, unique_feature_keys, with_uniques
 from vlps.metrics import report
@@ -53,11 +49,6 @@ MAX_UNROLLED_STEPS = 16
 #: waits at report, eviction and checkpoint boundaries): it keeps the coordinator's queue
 #: short, so scheduling never blocks where a lost task could not be noticed.
 MAX_PENDING_CALLS = 64
-
-#: Seconds a process whose cluster lost a task may take to exit once its interpreter shuts
-#: down; past it the process prints every thread's stack and exits with status 1 (see
-#: `_guard_exit`).
-EXIT_GRACE_SECONDS = 20.0
 
 
 # Errors a lost or restarted task shows up as on the chief.
@@ -409,18 +400,7 @@ class Trainer:
         the tasks: an op on a hung ps would otherwise block the chief for good."""
         if self.coordinator is None:
             return fn(*args)
-        out: dict[str, Any] = {}
-        finished = threading.Event()
-
-        def run() -> None:
-            try:
-                out["value"] = fn(*args)
-            except BaseException as e:  # re-raised in the calling thread
-                out["error"] = e
-            finally:
-                finished.set()
-
-        threading.Thread(target=run, name="vlps-chief-op", daemon=True).start()
+        finished, out = run_in_thread(fn, *args)
         self._until(finished.is_set)
         if "error" in out:
             raise out["error"]
@@ -463,7 +443,7 @@ class Trainer:
         who = ", ".join(dead) if dead else "a task of the cluster"
         resume = (f"restart the job to resume from {last}" if last
                   else "no checkpoint to resume from")
-        _guard_exit()
+        guard_exit()
         return TaskFailedError(
             f"vlps training failed near step {step}: {who} unreachable ({cause}); {resume}")
 
@@ -481,26 +461,3 @@ class Trainer:
                 serving_model = self.model_fn()
         return export_saved_model(self.model, path, input_signature, serving_model)
 
-
-_exit_guarded = False
-
-
-def _guard_exit() -> None:
-    """Once a job lost a task: bound how long the interpreter may take to shut down.
-
-    TensorFlow's teardown of the coordinator can wait for the lost task (its failure handler
-    holds a lock while it waits for the cluster to come back), so a chief that failed could
-    hang at exit instead of reporting its status. At interpreter exit this arms
-    `faulthandler`'s timer: a shutdown that takes longer than `EXIT_GRACE_SECONDS` prints
-    every thread's stack to stderr and exits with status 1. A normal shutdown is untouched."""
-    global _exit_guarded
-    if _exit_guarded:
-        return
-    _exit_guarded = True
-
-    def arm() -> None:
-        print(f"vlps: the cluster lost a task; exiting (at most {EXIT_GRACE_SECONDS:g} s "
-              "for TensorFlow's teardown)", file=sys.stderr, flush=True)
-        faulthandler.dump_traceback_later(EXIT_GRACE_SECONDS, exit=True)
-
-    atexit.register(arm)
