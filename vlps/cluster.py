@@ -123,11 +123,9 @@ class TaskWatch:
         self._dead: list[str] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def __enter__(self) -> TaskWatch:
-        self._thread = threading.Thread(target=self._run, name="vlps-task-watch", daemon=True)
-        self._thread.start()
+        threading.Thread(target=self._run, name="vlps-task-watch", daemon=True).start()
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -117,6 +117,7 @@ class Trainer:
         self.task_timeout = float(task_timeout)
         self._watch: TaskWatch | None = None
         self._near_step = 0
+        self._pending = 0  # calls scheduled on the cluster since the last wait for them all
         self.steps_per_execution = steps_per_execution or DEFAULT_STEPS_PER_EXECUTION
         self.prefetch = prefetch
         self.unique_in_input = unique_in_input
@@ -305,6 +306,7 @@ class Trainer:
         step_fn = self._make_step_fn()
         args = (iterator, *self._step_args(n))
         if self.coordinator is not None:
+            self._pending += 1
             return self.coordinator.schedule(step_fn, args=args)
         return step_fn(*args)
 
@@ -325,16 +327,12 @@ class Trainer:
         try:
             with watching:
                 iterator = self.make_iterator(dataset_fn)
-                pending = 0
                 for n in self._calls(step, steps):
                     result = self.run_steps(iterator, n)
                     step = self._near_step = step + n
-                    pending += 1
-                    if pending >= MAX_PENDING_CALLS:
+                    if self._pending >= MAX_PENDING_CALLS:
                         self._wait()
-                        pending = 0
-                    if self._after_step(step, result):
-                        pending = 0
+                    self._after_step(step, result)
                 self._wait()
                 if self.checkpoint_dir:
                     self.save()
@@ -343,23 +341,16 @@ class Trainer:
         seconds = time.perf_counter() - start
         return {"step": step, "loss": self.last_loss, "seconds": seconds}
 
-    def _after_step(self, step: int, result: Any) -> bool:
-        """Report, evict and checkpoint where `step` is on their boundary; True when that
-        waited for every scheduled call."""
-        waited = False
+    def _after_step(self, step: int, result: Any) -> None:
         if step % self.report_every == 0:
             self._wait()
             value = result.fetch() if hasattr(result, "fetch") else result
             self.last_loss = float(value)
             report(step, {"loss": self.last_loss})
-            waited = True
         if self.evict_every and step % self.evict_every == 0:
             self.evict(step)
-            waited = True
         if self.checkpoint_dir and self.checkpoint_every and step % self.checkpoint_every == 0:
             self.save()
-            waited = True
-        return waited and self.coordinator is not None
 
     @contextlib.contextmanager
     def _watching(self) -> Iterator[TaskWatch]:
@@ -393,6 +384,7 @@ class Trainer:
         `join` does), raising its first error, or the `TaskFailedError` of a lost task."""
         if self.coordinator is not None:
             self._until(self.coordinator.done)  # done() raises the error of a failed call
+            self._pending = 0
 
     def _on_cluster(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(*args)`: ops the chief itself runs against the ps tasks (checkpoints, eviction,
@@ -460,4 +452,3 @@ class Trainer:
             with placement_scope(Placement()):
                 serving_model = self.model_fn()
         return export_saved_model(self.model, path, input_signature, serving_model)
-

@@ -77,14 +77,22 @@ class LocalCluster:
             stderr=subprocess.STDOUT, text=True, start_new_session=True, **popen,
         )
 
-    def run_chief(self, params: dict[str, Any], timeout: float = 240) -> dict[str, Any]:
-        proc = self.chief(params)
+    @staticmethod
+    def output(proc: subprocess.Popen[str], timeout: float, what: str = "it started") -> str:
+        """The chief's output once it exits; after `timeout` s it is killed and the test
+        fails with its output's tail."""
         try:
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             out, _ = proc.communicate()
-            raise AssertionError(f"chief timed out; output tail:\n{out[-3000:]}") from None
+            raise AssertionError(f"chief still running {timeout:g} s after {what}; output "
+                                 f"tail:\n{out[-6000:]}") from None
+        return out
+
+    def run_chief(self, params: dict[str, Any], timeout: float = 240) -> dict[str, Any]:
+        proc = self.chief(params)
+        out = self.output(proc, timeout)
         assert proc.returncode == 0, f"chief failed ({proc.returncode}):\n{out[-4000:]}"
         return json.loads(Path(params["out"] + ".json").read_text())
 

@@ -8,7 +8,6 @@ checkpoint."""
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -104,7 +103,7 @@ def test_an_error_in_the_step_is_not_blamed_on_a_task(first_run, tf_cluster) -> 
     tmp = tf_cluster.tmp
     chief = tf_cluster.chief({"ckpt": str(tmp / "ckpt-bad"), "steps": 40,
                               "out": str(tmp / "run-bad"), "fail_at_batch": 5})
-    out, _ = chief.communicate(timeout=180)
+    out = tf_cluster.output(chief, 180)
     assert chief.returncode != 0
     assert "test: bad batch" in out and "InvalidArgumentError" in out, out[-3000:]
     assert "TaskFailedError" not in out and "unreachable" not in out, out[-3000:]
@@ -118,17 +117,6 @@ def _wait_for_checkpoint(chief, ckpt: str, step: int) -> Path:
         assert time.monotonic() < deadline, f"no checkpoint at step {step} in time"
         time.sleep(0.5)
     return latest
-
-
-def _chief_output(chief, timeout: float, what: str) -> str:
-    try:
-        out, _ = chief.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(chief.pid, signal.SIGKILL)
-        out, _ = chief.communicate()
-        raise AssertionError(f"chief still running {timeout:g} s after {what}; output tail:\n"
-                             f"{out[-6000:]}") from None
-    return out
 
 
 def _restart_ps1_and_worker(tf_cluster) -> None:
@@ -147,7 +135,7 @@ def test_ps_failure_names_the_task_and_restart_resumes(first_run, tf_cluster) ->
     chief = tf_cluster.chief(params)
     latest = _wait_for_checkpoint(chief, params["ckpt"], 40)
     tf_cluster.kill_task("ps:1")
-    out = _chief_output(chief, 180, "ps:1 died")
+    out = tf_cluster.output(chief, 180, "ps:1 died")
     assert chief.returncode != 0
     assert "TaskFailedError" in out and "ps:1" in out, out[-3000:]
     assert "resume from" in out
@@ -168,7 +156,7 @@ def test_a_stopped_ps_fails_the_job_after_task_timeout(first_run, tf_cluster) ->
     ps1 = tf_cluster.procs["ps:1"]
     os.killpg(ps1.pid, signal.SIGSTOP)
     try:
-        out = _chief_output(chief, 120, "ps:1 stopped")
+        out = tf_cluster.output(chief, 120, "ps:1 stopped")
     finally:
         tf_cluster.kill_task("ps:1")  # SIGKILL ends a stopped process too
         _restart_ps1_and_worker(tf_cluster)
