@@ -278,8 +278,11 @@ def test_the_training_gather_and_its_gradient_are_tfs_gather_and_segment_sum_bit
     want = tf.concat([tf.math.unsorted_segment_sum(d, idx, 500) for d in dys], 1)
     np.testing.assert_array_equal(grad.numpy(), want.numpy())  # same order, same bits
     assert not grad.numpy()[np.setdiff1d(np.arange(500), idx.numpy())].any()
-    if columns != (16, 1):
-        return
+
+
+def test_the_training_gather_ops_name_bad_indices_and_shapes() -> None:
+    rows = tf.zeros([4, 17])
+    dys = [tf.zeros([2, 16]), tf.zeros([3, 1])]
     ops = vlps.native.ops()
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"idx\[1\] = 9 is not in \[0, 4\)"):
         ops.vlps_gather_columns(rows[:4], tf.constant([0, 9], tf.int32), columns=[16, 1], K=2)
