@@ -61,10 +61,31 @@ def main() -> None:
         dim, initializer=keras.initializers.RandomUniform(-0.05, 0.05), name="deep_emb")(cat)
     wide = de.keras.layers.Embedding(1, initializer=keras.initializers.Zeros(),
                                      name="wide_emb")(cat)
-    x = keras.layers.Concatenate()([keras.layers.Reshape((fields * dim,))(emb), num])
-    for i, h in enumerate((256, 128)):
-        x = keras.layers.Dense(h, activation="relu",
-                               kernel_initializer=keras.initializers.GlorotUniform(i))(x)
+    class ConcatDense(keras.layers.Layer):
+        """vlps.models.ConcatDense in tf_keras: relu(a @ kernel_a + (b @ kernel_b + bias)),
+        Dense over concatenate([a, b]) without the concatenation, Glorot of the joint fan-in."""
+
+        def __init__(self, units: int, seed: int) -> None:
+            super().__init__()
+            self.units, self.seed = units, seed
+
+        def build(self, shapes: Any) -> None:
+            a, b = (int(s[-1]) for s in shapes)
+            limit = (6.0 / (a + b + self.units)) ** 0.5
+            self.kernel_a = self.add_weight("kernel_a", (a, self.units), initializer=(
+                keras.initializers.RandomUniform(-limit, limit, seed=self.seed)))
+            self.kernel_b = self.add_weight("kernel_b", (b, self.units), initializer=(
+                keras.initializers.RandomUniform(-limit, limit, seed=self.seed + 50)))
+            self.bias = self.add_weight("bias", (self.units,), initializer="zeros")
+
+        def call(self, inputs: Any) -> Any:
+            a, b = inputs
+            return tf.nn.relu(tf.matmul(a, self.kernel_a)
+                              + (tf.matmul(b, self.kernel_b) + self.bias))
+
+    x = ConcatDense(256, 0)([keras.layers.Reshape((fields * dim,))(emb), num])
+    x = keras.layers.Dense(128, activation="relu",
+                           kernel_initializer=keras.initializers.GlorotUniform(1))(x)
     deep = keras.layers.Dense(1, kernel_initializer=keras.initializers.GlorotUniform(99))(x)
     wide_sum = keras.layers.Lambda(
         lambda w: tf.reduce_sum(tf.reshape(w, [-1, fields]), 1, keepdims=True))(wide)
