@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from typing import Any
+
+from mlp.core.ports import free_ports
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -34,27 +35,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("localhost", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def serve() -> None:
-    import tensorflow as tf
-
-    cfg = json.loads(os.environ["TF_CONFIG"])
-    tf.distribute.Server(tf.train.ClusterSpec(cfg["cluster"]), job_name=cfg["task"]["type"],
-                         task_index=cfg["task"]["index"], protocol="grpc", start=True)
-    while True:
-        time.sleep(3600)
 
 
 def step_sizes(batch: int, fields: int, dim: int) -> tuple[int, int, int]:
@@ -105,8 +85,10 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=4, help="calls per round")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.serve:
-        serve()
+    if args.serve:  # a ps or worker task, as a vlps training script's are
+        import vlps
+
+        vlps.run_server_if_needed()  # serves until SIGTERM
         return
     ports = free_ports(4)
     spec = {"chief": [f"localhost:{ports[0]}"],
@@ -125,7 +107,7 @@ def main() -> None:
         run(args, env("chief", 0)["TF_CONFIG"], servers)
     finally:
         for p in servers:
-            p.kill()
+            p.terminate()
             p.wait()
 
 
