@@ -112,6 +112,7 @@ def case_vlps(args: argparse.Namespace) -> None:
         cluster=None if distributed else vlps.ClusterInfo())
     trainer.build(lambda ctx=None: dataset(args))
     iterator = trainer.make_iterator(lambda ctx=None: dataset(args))
+    calls: list[int] = []  # steps of each remote call (a round's steps cap them)
     if trainer.coordinator is None:
         run = loop(lambda it: trainer.run_steps(it, 1), iterator)
     else:
@@ -119,6 +120,7 @@ def case_vlps(args: argparse.Namespace) -> None:
             while n > 0:
                 k = min(n, trainer.steps_per_execution)
                 trainer.run_steps(iterator, k)
+                calls.append(k)
                 n -= k
             trainer.coordinator.join()
 
@@ -126,7 +128,8 @@ def case_vlps(args: argparse.Namespace) -> None:
         out = {"steps": int(trainer.global_step.numpy()), **evaluate(trainer.predict, args),
                "peak_rss_mib": ctr_common.peak_rss_mib(),
                "rows": sum(t.size() for t in trainer.tables[:1]),
-               "steps_per_execution": trainer.steps_per_execution}
+               "steps_per_execution": trainer.steps_per_execution,
+               "steps_per_call": max(calls, default=1)}
         if trainer.coordinator is None:
             out["bytes"] = table_bytes(trainer.tables)
         return out
@@ -461,7 +464,7 @@ def main() -> None:
             continue
         r = c.result
         rss = r.get("peak_rss_mib", 0) + sum(r.get("server_rss_mib", []))
-        spe = r.get("steps_per_execution", 1) if c.key == "cluster" else 1
+        spe = r.get("steps_per_call", 1) if c.key == "cluster" else 1
         loop_name = "tf.function step" + (f", {spe} steps per remote call" if spe > 1 else "")
         nbytes = (f"{r['bytes']:,}" if r.get("bytes") is not None
                   else "on the ps" if c.key == "cluster" else "not measured")
