@@ -32,7 +32,7 @@ sys.path.insert(0, HERE)
 import vlps_ctr  # noqa: E402
 
 SETTINGS = ((256, 6), (4096, 26))  # (batch, fields)
-MIN_ROUND = 64  # steps per timed round, at least; a multiple of every --spe value
+MIN_ROUND = 64  # steps per timed round, at least (see round_steps)
 
 
 def round_steps(spes: list[int]) -> int:
@@ -55,8 +55,7 @@ def main() -> None:
     unpacked = [int(x) for x in args.unpacked.split(",") if x]
     chunk = round_steps(spes + unpacked)
     print(f"vlps cluster (chief + 2 ps + 1 worker, localhost) vs one process; {args.rounds} "
-          f"alternated rounds of {chunk} "
-          "steps, medians")
+          f"alternated rounds of {chunk} steps, medians")
     print("| batch | fields | case | steps per call | samples/s | x one process |")
     print("| ---: | ---: | --- | ---: | ---: | ---: |")
     for batch, fields in SETTINGS:

@@ -112,7 +112,7 @@ def case_vlps(args: argparse.Namespace) -> None:
         cluster=None if distributed else vlps.ClusterInfo())
     trainer.build(lambda ctx=None: dataset(args))
     iterator = trainer.make_iterator(lambda ctx=None: dataset(args))
-    calls: list[int] = []  # steps of each remote call (a round's steps cap them)
+    longest = [1]  # the most steps a remote call ran (a round's steps cap them)
     if trainer.coordinator is None:
         run = loop(lambda it: trainer.run_steps(it, 1), iterator)
     else:
@@ -120,7 +120,7 @@ def case_vlps(args: argparse.Namespace) -> None:
             while n > 0:
                 k = min(n, trainer.steps_per_execution)
                 trainer.run_steps(iterator, k)
-                calls.append(k)
+                longest[0] = max(longest[0], k)
                 n -= k
             trainer.coordinator.join()
 
@@ -129,7 +129,7 @@ def case_vlps(args: argparse.Namespace) -> None:
                "peak_rss_mib": ctr_common.peak_rss_mib(),
                "rows": sum(t.size() for t in trainer.tables[:1]),
                "steps_per_execution": trainer.steps_per_execution,
-               "steps_per_call": max(calls, default=1)}
+               "steps_per_call": longest[0]}
         if trainer.coordinator is None:
             out["bytes"] = table_bytes(trainer.tables)
         return out
