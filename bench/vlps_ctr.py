@@ -12,7 +12,11 @@ updates), synchronised on the loss at the end of each timed window. The cluster'
 
   ceiling       dense-only: the same model with both embedding outputs replaced by fixed
                 tensors of the same shape (no sparse work); the physical limit here
-  vlps          vlps.Trainer in one process (one step per call)
+  vlps          vlps.Trainer in one process (one step per call); its table starts at the
+                default size and doubles as the ids arrive, inside the timed rounds
+  vlps-presized the same, the table created for the distinct ids of the run's data
+                (`initial_rows_per_shard`), as the Keras tables are created at full size:
+                no doubling in the timed rounds
   cluster       vlps.Trainer as chief + 2 ps + 1 worker on localhost (4 processes running this
                 file with TF_CONFIG); peak RSS is the sum of the 4 processes' peaks
   keras-sparse  keras.layers.Hashing(bins) + Embedding, the embeddings updated sparsely with
@@ -106,7 +110,8 @@ def case_vlps(args: argparse.Namespace) -> None:
 
     distributed = bool(os.environ.get("TF_CONFIG"))
     trainer = vlps.Trainer(
-        lambda: wide_deep(dim=args.dim, num_fields=args.fields, optimizer=adagrad(args)),
+        lambda: wide_deep(dim=args.dim, num_fields=args.fields, optimizer=adagrad(args),
+                          initial_rows_per_shard=args.presize or None),
         loss=keras.losses.BinaryCrossentropy(), optimizer=adagrad(args), report_every=10**9,
         steps_per_execution=args.spe or None, pack_dense=False if args.no_pack_dense else None,
         cluster=None if distributed else vlps.ClusterInfo())
@@ -223,6 +228,15 @@ def child_args(args: argparse.Namespace) -> list[str]:
             "--warm", str(args.warm), "--test-batches", str(args.test_batches),
             "--lr", str(args.lr), "--data", args.data, "--spe", str(args.spe),
             *(["--no-pack-dense"] if args.no_pack_dense else [])]
+
+
+def distinct_ids(path: str, args: argparse.Namespace) -> int:
+    """How many distinct ids the training data holds (the rows a table ends with)."""
+    import numpy as np
+
+    cats = [f["cat"].numpy().ravel() for f, _ in
+            ctr_common.read_batches(path, args.batch, args.fields)]
+    return int(np.unique(np.concatenate(cats)).size)
 
 
 def vm_hwm_mib(pid: int) -> float:
@@ -383,9 +397,10 @@ def main() -> None:
     ap.add_argument("--no-cluster", action="store_true")
     ap.add_argument("--cases", default="",
                     help="comma-separated case keys to run (default all): ceiling, "
-                         "ceiling-grad, vlps, "
+                         "ceiling-grad, vlps, vlps-presized, "
                          "cluster, tfra, keras-sparse, keras-hashed, keras-hashed-small")
     ap.add_argument("--json", default="", help="also write all results to this file")
+    ap.add_argument("--presize", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--case", default="", help=argparse.SUPPRESS)
     ap.add_argument("--data", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -418,6 +433,8 @@ def main() -> None:
         ("ceiling-grad", "dense-only, plus the gradient w.r.t. the embedding outputs",
          [*me, "--case", "ceiling-grad", *child_args(args)]),
         ("vlps", "vlps, one process", [*me, "--case", "vlps", *child_args(args)]),
+        ("vlps-presized", "vlps, one process, table presized for the run's ids",
+         [*me, "--case", "vlps", *child_args(args), "--presize", "0"]),
         ("cluster", "vlps, chief + 2 ps + 1 worker (localhost)",
          "not run (--no-cluster)" if args.no_cluster else "cluster"),
         ("tfra", "TFRA 0.8.1 (TF 2.16.2 + tf_keras), one process", tfra),
@@ -435,6 +452,9 @@ def main() -> None:
             sys.exit(f"vlps_ctr: unknown case(s) {sorted(unknown)}; "
                      f"choose from {[k for k, _, _ in specs]}")
         specs = [s for s in specs if s[0] in wanted]
+    for key, _, cmd in specs:
+        if key == "vlps-presized" and isinstance(cmd, list):
+            cmd[-1] = str(distinct_ids(args.data, args))
     try:
         cases = run_cases(args, specs, tmp)
     finally:
