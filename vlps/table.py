@@ -179,25 +179,34 @@ class _Shard:
             dim=dim, **attrs)
 
     def find_or_init(self, ids: tf.Tensor, dim: int, groups: list[Any], slots: list[float],
-                     whole_rows: bool = True) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+                     whole_rows: bool = True) -> tuple[tf.Tensor, ...]:
         """Whole rows of `ids` with the initial rows of missing ids (none unless
-        `whole_rows`), their embedding columns and how many were missing, in one kernel
-        (`VlpsHashTableFindOrInit`)."""
-        rows, emb, missing = native.ops().vlps_hash_table_find_or_init(
+        `whole_rows`), their embedding columns, how many were missing, and (without
+        `whole_rows`) the ids' buckets and the table's generation for `apply_in_place`, in one
+        kernel (`VlpsHashTableFindOrInit`)."""
+        return tuple(native.ops().vlps_hash_table_find_or_init(
             self.main.resource_handle, ids, dim=dim, whole_rows=whole_rows,
-            slot_values=slots, **_init_attrs(groups))
-        return rows, emb, missing
+            slot_values=slots, **_init_attrs(groups)))
 
     def apply_in_place(self, ids: tf.Tensor, grads: tf.Tensor, step: tf.Tensor, dim: int,
                        rule: str, attrs: dict[str, float], groups: list[Any],
-                       slots: list[float]) -> tf.Tensor:
+                       slots: list[float], pulled: tuple[Any, ...] | None = None) -> tf.Tensor:
         """The optimizer `rule` on the current rows of unique `ids` where they lie, a new id's
         row first set to its initial row (`VlpsHashTableApplyInPlace`); returns how many ids
         were new. No pulled rows are needed, so nothing is compared or bumped: every row read
-        is the row then written, under the table's lock."""
+        is the row then written, under the table's lock. `pulled`: (embeddings, buckets,
+        generation) of the pull of the same ids; the kernel uses them only if nothing changed
+        the table since, and then neither searches the ids again nor recomputes the initial
+        embeddings of new ids."""
+        if pulled is None:
+            emb, buckets, generation = (tf.zeros([0, dim]), tf.zeros([0], tf.int64),
+                                        tf.constant(-1, tf.int64))
+        else:
+            emb, buckets, generation = pulled
         return native.ops().vlps_hash_table_apply_in_place(
-            self.main.resource_handle, ids, grads, tf.cast(step, tf.int64), rule=rule,
-            dim=dim, slot_values=slots, **attrs, **_init_attrs(groups))
+            self.main.resource_handle, ids, grads, tf.cast(step, tf.int64), buckets,
+            generation, emb, rule=rule, dim=dim, slot_values=slots, **attrs,
+            **_init_attrs(groups))
 
     def remove_rows(self, ids: tf.Tensor) -> None:
         self.version.assign_add(1)
@@ -436,8 +445,8 @@ class EmbeddingTable:
         """The shard's rows of `ids` with missing ids' initial rows, and how many were
         missing."""
         if self._native_init is not None:
-            rows, _, n_missing = shard.find_or_init(ids, self.dim, self._native_init,
-                                                    self._slot_init)
+            rows, _, n_missing, _, _ = shard.find_or_init(ids, self.dim, self._native_init,
+                                                          self._slot_init)
             return rows, n_missing
         return self._filled(ids, shard.lookup_rows(ids))
 
@@ -445,19 +454,20 @@ class EmbeddingTable:
         self, shard: _Shard, ids: tf.Tensor, training: bool, keep: bool = False
     ) -> tuple[tf.Tensor, tuple[Any, ...] | None]:
         """The shard's embeddings of `ids`, and (when `keep`) what its push may reuse:
-        (rows, number of missing ids or None, shard version). In training
+        (rows, number of missing ids or None, shard version), or for the in-place push
+        (embeddings, buckets, table generation). In training
         without admission the kept rows are already filled with the initial rows of missing
         ids, so the push computes no initial value a second time."""
         with device_scope(shard.device):
             if self._in_place is not None and training:
-                _, emb, _ = shard.find_or_init(ids, self.dim, self._in_place[1],
-                                               self._slot_init, whole_rows=False)
-                return emb, None
+                _, emb, _, buckets, generation = shard.find_or_init(
+                    ids, self.dim, self._in_place[1], self._slot_init, whole_rows=False)
+                return emb, ((emb, buckets, generation) if keep else None)
             # Read the version before the lookup: a push compares it to decide reuse.
             version = shard.version.read_value() if keep else None
             with tf.control_dependencies([version] if version is not None else []):
                 if self._native_init is not None and training and not self.admission.active:
-                    rows, emb, n_missing = shard.find_or_init(
+                    rows, emb, n_missing, _, _ = shard.find_or_init(
                         ids, self.dim, self._native_init, self._slot_init)
                     return emb, ((rows, n_missing, version) if keep else None)
                 rows = shard.lookup_rows(ids)
@@ -498,7 +508,7 @@ class EmbeddingTable:
             if self._in_place is not None:
                 (rule, attrs), groups = self._in_place
                 created = shard.apply_in_place(ids, grads, step, d, rule, attrs, groups,
-                                               self._slot_init)
+                                               self._slot_init, pulled=kept)
                 shard.counters.scatter_nd_add([[0]], created[None])
                 return
             fused = self.optimizer.native_rule()

@@ -291,3 +291,70 @@ def test_the_training_gather_ops_name_bad_indices_and_shapes() -> None:
     with pytest.raises(tf.errors.InvalidArgumentError, match="gradient 1 must have 2x1"):
         ops.vlps_segment_sum_columns([dys[0][:2], dys[1][:3]], tf.constant([0, 1], tf.int32),
                                      4, columns=[16, 1])
+
+
+def test_the_in_place_push_reuses_the_pulls_buckets_only_while_nothing_changed_the_table(
+        ) -> None:
+    """The Adagrad push takes the pull's buckets and initial embeddings when the table is at the
+    pull's generation; the rows are bit for bit those of a push that searches again. A change
+    between pull and push (another id inserted, which here also doubles the buckets, or the
+    pulled ids removed) makes it search: the rows stay right."""
+    from vlps.initializers import Columns
+
+    def table(name: str) -> vlps.EmbeddingTable:
+        return vlps.EmbeddingTable(name, 5, optimizer=vlps.Adagrad(0.1),
+                                   initializer=Columns([(4, "uniform"), (1, "zeros")]),
+                                   initial_rows_per_shard=8)
+
+    reusing, searching = table("reusing"), table("searching")
+    for shard in searching.shards:  # drop what the pull kept: the push searches
+        shard.apply_in_place = (lambda *a, pulled=None, _f=shard.apply_in_place, **k:
+                                _f(*a, **k))
+
+    @tf.function
+    def step(t, ids, s, meddle):
+        unique, _ = tf.unique(ids)
+        emb = t.pull(unique)
+        if meddle == "insert":  # between pull and push: the table is no longer as pulled
+            t.shards[0].apply_in_place(tf.constant([-7], tf.int64), tf.ones([1, 5]), s,
+                                       5, *t._in_place[0], t._in_place[1], t._slot_init)
+        elif meddle == "remove":
+            t.shards[0].remove_rows(unique[:2])
+        t.push(unique, emb * 0.5 + 1.0, s)
+        return emb
+
+    rng = np.random.default_rng(5)
+    for s in range(1, 13):
+        ids = tf.constant(rng.integers(0, 60, 40), tf.int64)
+        meddle = {4: "insert", 9: "remove"}.get(s, "")
+        a = step(reusing, ids, tf.constant(s, tf.int64), meddle)
+        b = step(searching, ids, tf.constant(s, tf.int64), meddle)
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert reusing.shards[0].buckets() > 16  # the tables doubled on the way
+    ka, va = reusing.shards[0].export_rows()
+    kb, vb = searching.shards[0].export_rows()
+    oa, ob = np.argsort(ka.numpy()), np.argsort(kb.numpy())
+    np.testing.assert_array_equal(ka.numpy()[oa], kb.numpy()[ob])
+    np.testing.assert_array_equal(va.numpy()[oa].view(np.int32), vb.numpy()[ob].view(np.int32))
+    assert reusing.counters() == searching.counters()
+
+
+def test_the_in_place_push_refuses_buckets_outside_the_table() -> None:
+    """Buckets handed to the raw op that point outside the table are not used (the push
+    searches): no write outside the table's arrays."""
+    from vlps import native
+    from vlps.table import _init_attrs
+
+    t = vlps.EmbeddingTable("bounds", 4, optimizer=vlps.Adagrad(0.1))
+    ids = tf.constant([1, 2, 3], tf.int64)
+    shard = t.shards[0]
+    _, emb, _, buckets, generation = shard.find_or_init(
+        ids, 4, t._in_place[1], t._slot_init, whole_rows=False)
+    rule, attrs = t._in_place[0]
+    native.ops().vlps_hash_table_apply_in_place(
+        shard.main.resource_handle, ids, tf.ones([3, 4]), tf.constant(1, tf.int64),
+        tf.constant([0, 1, 2**40], tf.int64), generation, emb, rule=rule, dim=4,
+        slot_values=t._slot_init, **attrs, **_init_attrs(t._in_place[1]))
+    assert t.size() == 3
+    np.testing.assert_array_equal(np.sort(shard.export_rows()[0].numpy()), [1, 2, 3])
+    assert buckets.shape == (3,)

@@ -176,6 +176,7 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
     const int64_t* ids = keys.flat<int64_t>().data();
     const float* rows = values.flat<float>().data();
     ::tensorflow::mutex_lock l(mu_);
+    ++generation_;  // every change under the exclusive lock
     return InsertLocked(ctx, ids, rows, n);
   }
 
@@ -207,6 +208,7 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
     std::memcpy(&stamp, &step32, sizeof(stamp));
     const int64_t width = width_;
     ::tensorflow::mutex_lock l(mu_);
+    ++generation_;  // every change under the exclusive lock
     return WriteLocked(ctx, ids, n, [=](int64_t i, float* dst, bool) {
       UpdateRow(rule, lr, epsilon, dim, in + i * width, g + i * dim, stamp, dst);
     });
@@ -238,20 +240,25 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
 
   // Find whole rows; a missing id gets its initial row. Writes `rows` [n, width] (unless
   // null) and the embedding columns `emb` [n, dim] (what the model reads), returns how many
-  // were missing.
+  // were missing. With `buckets` (not null) also each id's bucket (kMissing for a missing id)
+  // and in `*generation` the table's generation they belong to: a push that finds the table
+  // at that generation reuses them instead of searching again (ApplyInPlace).
   // Reads under the shared lock: nothing is inserted (the push creates the rows).
   int64_t FindOrInit(OpKernelContext* ctx, const int64_t* ids, int64_t n, int64_t dim,
                      const std::vector<InitGroup>& groups, const std::vector<float>& slots,
-                     float* rows, float* emb) const {
+                     float* rows, float* emb, int64_t* buckets = nullptr,
+                     int64_t* generation = nullptr) const {
     std::atomic<int64_t> missing{0};
     const int64_t width = width_;
     // Without `rows` only the embedding columns are read: load just those ahead.
     const int64_t read = rows != nullptr ? width : dim;
     ::tensorflow::tf_shared_lock l(mu_);
+    if (generation != nullptr) *generation = static_cast<int64_t>(generation_);
     ForBlocks(ctx, n, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> slot(end - begin);
       std::vector<float> scratch(rows == nullptr ? width : 0);
       Locate(ids, begin, end, slot.data());
+      if (buckets != nullptr) std::copy(slot.begin(), slot.end(), buckets + begin);
       int64_t absent = 0;
       for (int64_t i = begin; i < end; ++i) {
         const int64_t ahead = i + kAhead;
@@ -296,15 +303,30 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
     dst[c] = 0.0f;  // step 0: the row exists from its first push on
   }
 
+  // A new id's initial row from its initial embedding as FindOrInit returned it: the same
+  // bits as InitialRow.
+  static void InitialRowFrom(const float* emb, int64_t dim, const std::vector<float>& slots,
+                             float* dst) {
+    std::memcpy(dst, emb, dim * sizeof(float));
+    int64_t c = dim;
+    for (float v : slots) dst[c++] = v;
+    dst[c] = 0.0f;
+  }
+
   // The push without the pulled rows: each id's current row is updated where it lies, and a
   // new id's bucket first gets its initial row (as FindOrInit computes it). Under the
   // exclusive lock, so the row read is the row written: the result equals the pull's rows
   // when nothing changed the shard in between, and the current rows when something did. The
   // ids must be unique. Returns in `*created` how many ids were new.
+  // `buckets`, `generation` and `pulled` are what the pull's FindOrInit returned for the same
+  // ids (empty tensors when there was none): if the table is still at that generation (nothing
+  // changed it since), the ids' buckets are those, and a new id's initial row is built from
+  // its pulled embedding, so the push neither searches nor hashes again.
   absl::Status ApplyInPlace(OpKernelContext* ctx, const Tensor& keys, const Tensor& grads,
                             int64_t step, Rule rule, float lr, float epsilon, int64_t dim,
                             const std::vector<InitGroup>& groups,
-                            const std::vector<float>& slot_values, int64_t* created) {
+                            const std::vector<float>& slot_values, const Tensor& buckets,
+                            int64_t generation, const Tensor& pulled, int64_t* created) {
     const int64_t n = keys.NumElements();
     const int64_t slots = rule == Rule::kAdagrad ? 1 : 0;
     if (width_ != dim * (1 + slots) + 1 ||
@@ -324,11 +346,27 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
     float stamp;
     std::memcpy(&stamp, &step32, sizeof(stamp));
     ::tensorflow::mutex_lock l(mu_);
-    return WriteLocked(ctx, ids, n, [&, g, dim, lr, epsilon, stamp, rule](
+    bool reuse = buckets.NumElements() == n && pulled.NumElements() == n * dim &&
+                 generation == static_cast<int64_t>(generation_);
+    if (reuse) {  // buckets from anywhere but FindOrInit must not write outside the table
+      const int64_t* b = buckets.flat<int64_t>().data();
+      for (int64_t i = 0; i < n && reuse; ++i)
+        reuse = b[i] < capacity_ && (b[i] >= 0 || b[i] == kMissing || b[i] == kEmptyKeySlot);
+    }
+    ++generation_;  // every change under the exclusive lock
+    const int64_t* known = reuse ? buckets.flat<int64_t>().data() : nullptr;
+    const float* emb = reuse ? pulled.flat<float>().data() : nullptr;
+    return WriteLocked(ctx, ids, n, [&, g, emb, dim, lr, epsilon, stamp, rule](
         int64_t i, float* dst, bool fresh) {
-      if (fresh) InitialRow(ids[i], groups, slot_values, dst);
+      if (fresh) {
+        if (emb != nullptr) {
+          InitialRowFrom(emb + i * dim, dim, slot_values, dst);
+        } else {
+          InitialRow(ids[i], groups, slot_values, dst);
+        }
+      }
       UpdateRow(rule, lr, epsilon, dim, dst, g + i * dim, stamp, dst);
-    }, created);
+    }, created, known);
   }
 
   // Eviction in place: the ids of rows last updated before step - ttl (ttl > 0), then, while
@@ -339,6 +377,7 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
   void Evict(int64_t step, int64_t ttl, int64_t cap, std::vector<int64_t>* gone,
              int64_t* n_ttl, int64_t* n_cap) {
     ::tensorflow::mutex_lock l(mu_);
+    ++generation_;  // every change under the exclusive lock
     struct Live {
       int32_t last;
       int64_t position;
@@ -381,6 +420,7 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
     const int64_t n = keys.NumElements();
     const int64_t* ids = keys.flat<int64_t>().data();
     ::tensorflow::mutex_lock l(mu_);
+    ++generation_;  // every change under the exclusive lock
     for (int64_t i = 0; i < n; ++i) {
       if (ids[i] == kEmpty) {
         has_empty_key_ = false;
@@ -418,6 +458,7 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
   absl::Status ImportValues(OpKernelContext* ctx, const Tensor& keys,
                             const Tensor& values) override {
     ::tensorflow::mutex_lock l(mu_);
+    ++generation_;  // every change under the exclusive lock
     std::fill(keys_.get(), keys_.get() + capacity_, kEmpty);
     size_ = 0;
     has_empty_key_ = false;
@@ -557,15 +598,21 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
   // Writes row i of a batch of `n` ids with write(i, destination, fresh): the id's row, or a
   // new bucket for a new id (fresh: its contents are undefined). Repeated ids: the last write
   // wins; `*created` (if given) counts the ids that were new.
+  // `known` (if given): each id's bucket as Locate finds it in the table's current state.
   template <typename Write>
   absl::Status WriteLocked(OpKernelContext* ctx, const int64_t* ids, int64_t n,
-                           const Write& write, int64_t* created = nullptr)
+                           const Write& write, int64_t* created = nullptr,
+                           const int64_t* known = nullptr)
       TF_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     // 1. Where each id already is (in parallel: the lock is held exclusively, nothing moves).
     std::vector<int64_t> slot(n);
-    ForBlocks(ctx, n, [&](int64_t begin, int64_t end) {
-      Locate(ids, begin, end, slot.data() + begin);
-    });
+    if (known != nullptr) {
+      std::copy(known, known + n, slot.begin());
+    } else {
+      ForBlocks(ctx, n, [&](int64_t begin, int64_t end) {
+        Locate(ids, begin, end, slot.data() + begin);
+      });
+    }
     int64_t absent = 0;
     for (int64_t i = 0; i < n; ++i) absent += (slot[i] == kMissing) ? 1 : 0;
     // 2. Grow for the rows that are really new (a batch's repeated new id counts twice here:
@@ -655,6 +702,8 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
   Array<float> rows_ TF_GUARDED_BY(mu_);
   bool has_empty_key_ TF_GUARDED_BY(mu_) = false;
   std::vector<float> empty_row_ TF_GUARDED_BY(mu_);
+  // Counts the changes made under the exclusive lock (see FindOrInit's buckets).
+  uint64_t generation_ TF_GUARDED_BY(mu_) = 0;
 };
 
 REGISTER_OP("VlpsHashTable")
@@ -823,13 +872,21 @@ class HashTableFindOrInitOp : public OpKernel {
     Tensor* rows;
     Tensor* emb;
     Tensor* missing;
+    Tensor* buckets;
+    Tensor* generation;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({whole_rows_ ? n : 0, width}),
                                              &rows));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({n, dim_}), &emb));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({}), &missing));
+    // The buckets only for the in-place push, which pulls without whole rows.
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, TensorShape({whole_rows_ ? 0 : n}), &buckets));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(4, TensorShape({}), &generation));
+    generation->scalar<int64_t>()() = -1;
     missing->scalar<int32_t>()() = n == 0 ? 0 : static_cast<int32_t>(table->FindOrInit(
         ctx, keys.flat<int64_t>().data(), n, dim_, groups_, slots_,
-        whole_rows_ ? rows->flat<float>().data() : nullptr, emb->flat<float>().data()));
+        whole_rows_ ? rows->flat<float>().data() : nullptr, emb->flat<float>().data(),
+        whole_rows_ ? nullptr : buckets->flat<int64_t>().data(),
+        whole_rows_ ? nullptr : &generation->scalar<int64_t>()()));
   }
 
  private:
@@ -845,6 +902,8 @@ REGISTER_OP("VlpsHashTableFindOrInit")
     .Output("rows: float")
     .Output("embeddings: float")
     .Output("missing: int32")
+    .Output("buckets: int64")
+    .Output("generation: int64")
     .Attr("dim: int")
     .Attr("whole_rows: bool = true")
     .Attr("init_widths: list(int)")
@@ -866,6 +925,8 @@ REGISTER_OP("VlpsHashTableFindOrInit")
                                  dim + static_cast<int64_t>(slots.size()) + 1));
       c->set_output(1, c->Matrix(n, dim));
       c->set_output(2, c->Scalar());
+      c->set_output(3, c->Vector(whole ? c->MakeDim(0) : n));
+      c->set_output(4, c->Scalar());
       return absl::OkStatus();
     });
 
@@ -886,10 +947,16 @@ class HashTableApplyInPlaceOp : public OpKernel {
     OP_REQUIRES_OK(ctx, GetHashTable(ctx, &table));
     ::tensorflow::core::ScopedUnref unref(table);
     int64_t created = 0;
+    OP_REQUIRES(ctx, TensorShapeUtils::IsScalar(ctx->input(5).shape()),
+                ::tensorflow::errors::InvalidArgument(
+                    "VlpsHashTableApplyInPlace: generation must be a scalar, got ",
+                    ctx->input(5).shape().DebugString()));
     OP_REQUIRES_OK(ctx, table->ApplyInPlace(ctx, ctx->input(1), ctx->input(2),
                                             ctx->input(3).scalar<int64_t>()(), attrs_.rule,
                                             attrs_.lr, attrs_.epsilon, attrs_.dim, groups_,
-                                            slots_, &created));
+                                            slots_, ctx->input(4),
+                                            ctx->input(5).scalar<int64_t>()(), ctx->input(6),
+                                            &created));
     Tensor* out;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &out));
     out->scalar<int64_t>()() = created;
@@ -906,6 +973,9 @@ REGISTER_OP("VlpsHashTableApplyInPlace")
     .Input("keys: int64")
     .Input("grads: float")
     .Input("step: int64")
+    .Input("buckets: int64")
+    .Input("generation: int64")
+    .Input("pulled: float")
     .Output("created: int64")
     .Attr("rule: {'sgd', 'adagrad'}")
     .Attr("learning_rate: float")
