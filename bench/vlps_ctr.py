@@ -416,8 +416,10 @@ def main() -> None:
          "keras-hashed": lambda a: case_keras(a, False)}[args.case](args)
         return
 
+    wanted = set(args.cases.split(",")) if args.cases else set()
     tmp = tempfile.mkdtemp(prefix="vlps-ctr-")
     args.data = write_data(args, tmp)
+    presize = distinct_ids(args.data, args) if not wanted or "vlps-presized" in wanted else 0
     me = [sys.executable, __file__]
     small = args.bins // 16
 
@@ -434,7 +436,7 @@ def main() -> None:
          [*me, "--case", "ceiling-grad", *child_args(args)]),
         ("vlps", "vlps, one process", [*me, "--case", "vlps", *child_args(args)]),
         ("vlps-presized", "vlps, one process, table presized for the run's ids",
-         [*me, "--case", "vlps", *child_args(args), "--presize", "0"]),
+         [*me, "--case", "vlps", *child_args(args), "--presize", str(presize)]),
         ("cluster", "vlps, chief + 2 ps + 1 worker (localhost)",
          "not run (--no-cluster)" if args.no_cluster else "cluster"),
         ("tfra", "TFRA 0.8.1 (TF 2.16.2 + tf_keras), one process", tfra),
@@ -445,16 +447,12 @@ def main() -> None:
         ("keras-hashed-small", f"Keras Hashing({small:,})+Embedding, Keras Adagrad",
          keras_case("keras-hashed", small)),
     ]
-    if args.cases:
-        wanted = set(args.cases.split(","))
+    if wanted:
         unknown = wanted - {k for k, _, _ in specs}
         if unknown:
             sys.exit(f"vlps_ctr: unknown case(s) {sorted(unknown)}; "
                      f"choose from {[k for k, _, _ in specs]}")
         specs = [s for s in specs if s[0] in wanted]
-    for key, _, cmd in specs:
-        if key == "vlps-presized" and isinstance(cmd, list):
-            cmd[-1] = str(distinct_ids(args.data, args))
     try:
         cases = run_cases(args, specs, tmp)
     finally:

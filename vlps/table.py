@@ -193,11 +193,11 @@ class _Shard:
                        slots: list[float], pulled: tuple[Any, ...] | None = None) -> tf.Tensor:
         """The optimizer `rule` on the current rows of unique `ids` where they lie, a new id's
         row first set to its initial row (`VlpsHashTableApplyInPlace`); returns how many ids
-        were new. No pulled rows are needed, so nothing is compared or bumped: every row read
-        is the row then written, under the table's lock. `pulled`: (embeddings, buckets,
-        generation) of the pull of the same ids; the kernel uses them only if nothing changed
-        the table since, and then neither searches the ids again nor recomputes the initial
-        embeddings of new ids."""
+        were new. No pulled rows are needed, so the graph compares no version and has no cond:
+        every row read is the row then written, under the table's lock. `pulled`: (embeddings,
+        buckets, generation) of the pull of the same ids; the kernel uses them only if nothing
+        changed the table since, and then neither searches the ids again nor recomputes the
+        initial embeddings of new ids."""
         if pulled is None:
             emb, buckets, generation = (tf.zeros([0, dim]), tf.zeros([0], tf.int64),
                                         tf.constant(-1, tf.int64))

@@ -175,8 +175,7 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
     if (n == 0) return absl::OkStatus();
     const int64_t* ids = keys.flat<int64_t>().data();
     const float* rows = values.flat<float>().data();
-    ::tensorflow::mutex_lock l(mu_);
-    ++generation_;  // every change under the exclusive lock
+    ChangeLock l(this);
     return InsertLocked(ctx, ids, rows, n);
   }
 
@@ -207,8 +206,7 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
     float stamp;
     std::memcpy(&stamp, &step32, sizeof(stamp));
     const int64_t width = width_;
-    ::tensorflow::mutex_lock l(mu_);
-    ++generation_;  // every change under the exclusive lock
+    ChangeLock l(this);
     return WriteLocked(ctx, ids, n, [=](int64_t i, float* dst, bool) {
       UpdateRow(rule, lr, epsilon, dim, in + i * width, g + i * dim, stamp, dst);
     });
@@ -299,8 +297,14 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
       }
       c += g.width;
     }
-    for (float v : slots) dst[c++] = v;
-    dst[c] = 0.0f;  // step 0: the row exists from its first push on
+    SlotsAndStep(slots, dst + c);
+  }
+
+  // The end of an initial row: the optimizer's slot values, then step 0 (the row exists
+  // from its first push on).
+  static void SlotsAndStep(const std::vector<float>& slots, float* dst) {
+    std::copy(slots.begin(), slots.end(), dst);
+    dst[slots.size()] = 0.0f;
   }
 
   // A new id's initial row from its initial embedding as FindOrInit returned it: the same
@@ -308,9 +312,7 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
   static void InitialRowFrom(const float* emb, int64_t dim, const std::vector<float>& slots,
                              float* dst) {
     std::memcpy(dst, emb, dim * sizeof(float));
-    int64_t c = dim;
-    for (float v : slots) dst[c++] = v;
-    dst[c] = 0.0f;
+    SlotsAndStep(slots, dst + dim);
   }
 
   // The push without the pulled rows: each id's current row is updated where it lies, and a
@@ -345,15 +347,14 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
     const int32_t step32 = static_cast<int32_t>(step);
     float stamp;
     std::memcpy(&stamp, &step32, sizeof(stamp));
-    ::tensorflow::mutex_lock l(mu_);
+    ChangeLock l(this);
     bool reuse = buckets.NumElements() == n && pulled.NumElements() == n * dim &&
-                 generation == static_cast<int64_t>(generation_);
+                 generation == static_cast<int64_t>(l.before());
     if (reuse) {  // buckets from anywhere but FindOrInit must not write outside the table
       const int64_t* b = buckets.flat<int64_t>().data();
       for (int64_t i = 0; i < n && reuse; ++i)
         reuse = b[i] < capacity_ && (b[i] >= 0 || b[i] == kMissing || b[i] == kEmptyKeySlot);
     }
-    ++generation_;  // every change under the exclusive lock
     const int64_t* known = reuse ? buckets.flat<int64_t>().data() : nullptr;
     const float* emb = reuse ? pulled.flat<float>().data() : nullptr;
     return WriteLocked(ctx, ids, n, [&, g, emb, dim, lr, epsilon, stamp, rule](
@@ -376,8 +377,7 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
   // float, an int32 bit-cast.
   void Evict(int64_t step, int64_t ttl, int64_t cap, std::vector<int64_t>* gone,
              int64_t* n_ttl, int64_t* n_cap) {
-    ::tensorflow::mutex_lock l(mu_);
-    ++generation_;  // every change under the exclusive lock
+    ChangeLock l(this);
     struct Live {
       int32_t last;
       int64_t position;
@@ -419,8 +419,7 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
   absl::Status Remove(OpKernelContext* ctx, const Tensor& keys) override {
     const int64_t n = keys.NumElements();
     const int64_t* ids = keys.flat<int64_t>().data();
-    ::tensorflow::mutex_lock l(mu_);
-    ++generation_;  // every change under the exclusive lock
+    ChangeLock l(this);
     for (int64_t i = 0; i < n; ++i) {
       if (ids[i] == kEmpty) {
         has_empty_key_ = false;
@@ -457,8 +456,7 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
 
   absl::Status ImportValues(OpKernelContext* ctx, const Tensor& keys,
                             const Tensor& values) override {
-    ::tensorflow::mutex_lock l(mu_);
-    ++generation_;  // every change under the exclusive lock
+    ChangeLock l(this);
     std::fill(keys_.get(), keys_.get() + capacity_, kEmpty);
     size_ = 0;
     has_empty_key_ = false;
@@ -468,6 +466,19 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
   }
 
  private:
+  // The table's exclusive lock. Every change to the table is made under it, so taking it
+  // counts as one (generation_); `before()` is the generation the holder found.
+  class ChangeLock {
+   public:
+    explicit ChangeLock(HashTable* table)
+        : lock_(table->mu_), before_(table->generation_++) {}
+    uint64_t before() const { return before_; }
+
+   private:
+    ::tensorflow::mutex_lock lock_;
+    const uint64_t before_;
+  };
+
   // Fresh, empty buckets. Rows are left uninitialised: a bucket's row is read only once its
   // key is set, and pages never touched cost no resident memory.
   void Reset(int64_t buckets) TF_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -702,7 +713,8 @@ class HashTable : public ::tensorflow::lookup::LookupInterface {
   Array<float> rows_ TF_GUARDED_BY(mu_);
   bool has_empty_key_ TF_GUARDED_BY(mu_) = false;
   std::vector<float> empty_row_ TF_GUARDED_BY(mu_);
-  // Counts the changes made under the exclusive lock (see FindOrInit's buckets).
+  // How many times the exclusive lock was taken (ChangeLock): FindOrInit's buckets hold while
+  // it is unchanged.
   uint64_t generation_ TF_GUARDED_BY(mu_) = 0;
 };
 
